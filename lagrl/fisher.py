@@ -22,10 +22,15 @@ Powers use damping ``(F + λI)^e``; inverse roots need it wherever ``F`` is sing
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from torch.func import functional_call, grad, vmap
 
 
 def _check_finite(name: str, tensor: Tensor) -> None:
@@ -51,6 +56,10 @@ def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
     _check_exponent(exponent, damping)
     if matrix.ndim < 2 or matrix.shape[-1] != matrix.shape[-2]:
         raise ValueError(f"expected a square matrix, got shape {tuple(matrix.shape)}")
+    if not matrix.is_floating_point():
+        raise TypeError(f"expected a floating-point matrix, got {matrix.dtype}; convert it with .double()")
+    if matrix.shape[-1] == 0:
+        return matrix.clone()
     _check_finite("Fisher matrix", matrix)
     scale = matrix.abs().amax().clamp_min(torch.finfo(matrix.dtype).tiny)
     asym = (matrix - matrix.mT).abs().amax() / scale
@@ -151,6 +160,7 @@ class KroneckerFisher:
         The per-factor split is K-FAC's factored Tikhonov damping (Martens & Grosse 2015) with equal
         weights; it damps the product by ``λ`` plus cross terms ``√λ (A ⊗ I + I ⊗ G)``.
         """
+        _check_exponent(exponent, damping)
         root = damping**0.5
         return KroneckerFisher(
             spd_power(self.input_factor, exponent, root), spd_power(self.output_factor, exponent, root)
@@ -166,3 +176,297 @@ class KroneckerFisher:
 
 
 Fisher = DiagonalFisher | DenseFisher | KroneckerFisher
+
+
+# ---------------------------------------------------------------------------------------------------
+# Estimators (Eqs. 23–24)
+# ---------------------------------------------------------------------------------------------------
+
+KINDS = ("true", "empirical", "exact")
+FORMS = ("diagonal", "full", "kfac")
+
+
+@contextmanager
+def _validation_off() -> Iterator[None]:
+    """Disable ``torch.distributions`` argument validation (data-dependent checks break ``vmap``)."""
+    old = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(old)
+
+
+@contextmanager
+def _seeded(device: torch.device, generator: torch.Generator | None) -> Iterator[None]:
+    """Run the body on global RNGs seeded from ``generator``, restoring their state afterwards.
+
+    ``Distribution.sample`` takes no generator, so a seed is drawn from ``generator`` and the CPU RNG
+    (and the RNG of ``device`` if it is an accelerator) is forked and seeded with it. Without a
+    generator the body runs on the global RNGs unchanged.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+    module = None if device.type == "cpu" else torch.get_device_module(device.type)
+    index = [] if module is None else [module.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=index, device_type=None if module is None else device.type):
+        torch.default_generator.manual_seed(seed)
+        if module is not None:
+            with module.device(index[0]):
+                module.manual_seed(seed)
+        yield
+
+
+def _predict(
+    model: Callable[[Tensor], Any], inputs: Tensor, distribution: Callable[[Tensor], Distribution] | None
+) -> Distribution:
+    """The model's predictive distribution for a batch, with ``batch_shape`` ``(len(inputs), ...)``."""
+    output = model(inputs)
+    if isinstance(output, Distribution):
+        if distribution is not None:
+            raise TypeError("model already returns a Distribution; drop the distribution= argument")
+        dist = output
+    elif isinstance(output, Tensor) and distribution is not None:
+        dist = distribution(output)
+        if not isinstance(dist, Distribution):
+            raise TypeError(
+                "distribution(output) must return a torch.distributions.Distribution, "
+                f"got {type(dist).__name__}"
+            )
+    else:
+        raise TypeError(
+            f"model returned {type(output).__name__}; it must return a torch.distributions.Distribution, "
+            "or a Tensor together with distribution=<callable mapping that Tensor to a Distribution>"
+        )
+    if dist.batch_shape[:1] != inputs.shape[:1]:
+        raise ValueError(
+            f"the model's distribution has batch_shape {tuple(dist.batch_shape)} for {len(inputs)} inputs; "
+            "it must map a batch (N, ...) to a distribution with batch_shape (N, ...)"
+        )
+    return dist
+
+
+def _trainable(model: nn.Module) -> dict[str, Tensor]:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad=True); the Fisher would be empty")
+    return params
+
+
+def _check_lengths(inputs: Tensor, targets: Tensor) -> None:
+    if len(inputs) != len(targets):
+        raise ValueError(
+            f"inputs and targets differ in length ({len(inputs)} vs {len(targets)}); "
+            "pass one target per input row"
+        )
+
+
+def per_sample_grads(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    distribution: Callable[[Tensor], Distribution] | None = None,
+) -> dict[str, Tensor]:
+    """Per-sample scores ``∇θ log p(y_i | x_i; θ)``, the factors of Eqs. 23–24.
+
+    Each input row is one sample: the model is called (under ``torch.func.vmap``) on ``x_i`` with a
+    leading batch dimension of 1, and ``log p`` is summed over the distribution's remaining batch and
+    event dimensions. Returns one ``(N, *param.shape)`` tensor per trainable parameter, in
+    ``named_parameters()`` order; frozen parameters are excluded. Distribution argument validation is
+    switched off while tracing (its data-dependent checks break ``vmap``); dropout must be off (eval mode).
+    """
+    _check_lengths(inputs, targets)
+    params = {name: p.detach() for name, p in _trainable(model).items()}
+
+    def log_prob(theta: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        dist = _predict(lambda z: functional_call(model, theta, (z,)), x.unsqueeze(0), distribution)
+        return dist.log_prob(y.unsqueeze(0)).sum()
+
+    with _validation_off():
+        grads = vmap(grad(log_prob), in_dims=(None, 0, 0))(params, inputs, targets)
+    for name, g in grads.items():
+        if not bool(torch.isfinite(g).all()):
+            raise ValueError(f"the gradient of log p w.r.t. parameter '{name}' contains NaN or inf")
+    return grads
+
+
+def sample_targets(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    distribution: Callable[[Tensor], Distribution] | None = None,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Targets ``y ~ p(· | x; θ)`` from the model's own predictive distribution (no gradient).
+
+    Returns shape ``(num_samples * N, ...)``, row ``s·N + i`` drawn for input ``i``: aligned with
+    ``inputs.repeat(num_samples, 1, ...)``. With ``generator``, a seed drawn from it seeds forked
+    global RNGs (``Distribution.sample`` has no generator argument), so the global RNG state is left
+    unchanged and equal generators give equal targets.
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    with torch.no_grad(), _seeded(inputs.device, generator):
+        return _predict(model, inputs, distribution).sample((num_samples,)).flatten(0, 1)
+
+
+def _weighted_samples(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor | None,
+    kind: str,
+    distribution: Callable[[Tensor], Distribution] | None,
+    num_samples: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(inputs, targets, weights)`` with ``F = Σ_m w_m ∇log p(y_m|x_m) ∇log p(y_m|x_m)ᵀ``.
+
+    empirical: the given targets, ``w = 1/N``; true: ``num_samples`` model draws per input,
+    ``w = 1/(S·N)``; exact: every support point ``y_k`` per input, ``w = p(y_k|x_i)/N``.
+    """
+    n, dtype = len(inputs), next(iter(_trainable(model).values())).dtype
+    if n == 0:
+        raise ValueError("inputs is empty; the Fisher is a mean over at least one sample")
+    if kind == "empirical":
+        if targets is None:
+            raise ValueError("kind='empirical' needs the observed targets; pass targets=")
+        _check_lengths(inputs, targets)
+        return inputs, targets, torch.full((n,), 1.0 / n, dtype=dtype, device=inputs.device)
+    if targets is not None:
+        raise ValueError(
+            f"kind={kind!r} takes its targets from the model; pass targets only with kind='empirical'"
+        )
+    if kind == "true":
+        targets = sample_targets(
+            model, inputs, distribution=distribution, num_samples=num_samples, generator=generator
+        )
+        weights = torch.full((len(targets),), 1.0 / len(targets), dtype=dtype, device=inputs.device)
+    else:
+        with torch.no_grad():
+            dist = _predict(model, inputs, distribution)
+            if not dist.has_enumerate_support:
+                raise ValueError(
+                    f"kind='exact' enumerates the support, which {type(dist).__name__} does not have "
+                    "(has_enumerate_support is False); use kind='true' for continuous distributions"
+                )
+            if dist.batch_shape[1:].numel() != 1:
+                raise ValueError(
+                    f"kind='exact' needs one discrete variable per sample, but batch_shape is "
+                    f"{tuple(dist.batch_shape)}; use kind='true'"
+                )
+            support = dist.enumerate_support()  # (K, N, ...)
+            weights = dist.log_prob(support).reshape(-1).exp().to(dtype) / n
+        targets = support.flatten(0, 1)
+    return inputs.repeat(len(targets) // n, *[1] * (inputs.ndim - 1)), targets, weights
+
+
+def _weighted_gram(rows: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_m w_m r_m r_mᵀ`` (symmetric by construction) for rows ``r_m`` and weights ``w_m ≥ 0``."""
+    scaled = rows * weights.sqrt().unsqueeze(1)
+    return scaled.mT @ scaled
+
+
+def _kfac(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    distribution: Callable[[Tensor], Distribution] | None,
+) -> dict[str, KroneckerFisher]:
+    """K-FAC ``A = Σ w a aᵀ``, ``G = Σ w δ δᵀ`` per trainable ``nn.Linear`` (one forward and backward)."""
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters())
+    }
+    if not layers:
+        raise ValueError(
+            "form='kfac' needs an nn.Linear layer with trainable parameters; use form='diagonal' or 'full'"
+        )
+    acts: dict[str, Tensor] = {}
+    outs: dict[str, Tensor] = {}
+
+    def capture(name: str) -> Callable[..., None]:
+        def hook(module: nn.Linear, args: tuple[Tensor, ...], output: Tensor) -> None:
+            if name in acts:
+                raise ValueError(f"form='kfac': layer '{name}' is called more than once per forward")
+            if args[0].shape != (len(inputs), module.in_features):
+                raise ValueError(
+                    f"form='kfac' needs each nn.Linear applied to (N, in) rows; layer '{name}' got "
+                    f"{tuple(args[0].shape)}; use form='diagonal' or 'full'"
+                )
+            acts[name], outs[name] = args[0].detach(), output
+
+        return hook
+
+    handles = [m.register_forward_hook(capture(name)) for name, m in layers.items()]
+    try:
+        with torch.enable_grad():
+            log_prob = _predict(model, inputs, distribution).log_prob(targets).sum()
+            unused = sorted(set(layers) - set(outs))
+            if unused:
+                raise ValueError(
+                    f"form='kfac': trainable nn.Linear layers {unused} are not called in forward"
+                )
+            # autograd.grad w.r.t. the outputs instead of .backward(): row i is δ_i, no .grad is touched
+            grads = torch.autograd.grad(log_prob, list(outs.values()), materialize_grads=True)
+            deltas = dict(zip(outs, grads, strict=True))  # outs is in call order, not module order
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {}
+    for name, layer in layers.items():
+        a, delta = acts[name], deltas[name]
+        if not bool(torch.isfinite(delta).all()):
+            raise ValueError(f"the gradient of log p w.r.t. the output of layer '{name}' contains NaN or inf")
+        if layer.bias is not None:
+            a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
+        result[name] = KroneckerFisher(_weighted_gram(a, weights), _weighted_gram(delta, weights))
+    return result
+
+
+def fisher(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor | None = None,
+    *,
+    kind: str = "true",
+    form: str = "diagonal",
+    distribution: Callable[[Tensor], Distribution] | None = None,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> dict[str, DiagonalFisher] | DenseFisher | dict[str, KroneckerFisher]:
+    """Estimate ``F(θ) = E[∇θ log p(y|x) ∇θ log p(y|x)ᵀ]`` (Eqs. 23–24) over the rows of ``inputs``.
+
+    ``kind``: ``"empirical"`` (the given ``targets``), ``"true"`` (``num_samples`` targets per input
+    drawn from the model, see :func:`sample_targets` for ``generator``) or ``"exact"`` (the true
+    Fisher, the expectation over ``y`` summed over the support of a discrete distribution with the
+    model's probabilities as weights). The inputs ``x`` are averaged uniformly.
+
+    ``form``: ``"diagonal"`` → ``{parameter name: DiagonalFisher}``; ``"full"`` → one
+    :class:`DenseFisher` over all trainable parameters flattened in ``named_parameters()`` order;
+    ``"kfac"`` → ``{module name: KroneckerFisher}`` for each ``nn.Linear`` with trainable parameters,
+    ``A = E_x[a aᵀ]`` (bias-augmented layer inputs) and ``G = E_x E_y[δ δᵀ]``, ``δ = ∇_s log p`` at the
+    layer output ``s``. Results are on the inputs' device in the model's dtype.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; choose one of {FORMS}")
+    inputs, targets, weights = _weighted_samples(
+        model, inputs, targets, kind, distribution, num_samples, generator
+    )
+    if form == "kfac":
+        return _kfac(model, inputs, targets, weights, distribution)
+    grads = per_sample_grads(model, inputs, targets, distribution=distribution)
+    if form == "diagonal":
+        return {
+            name: DiagonalFisher(torch.einsum("m,m...->...", weights, g.square()))
+            for name, g in grads.items()
+        }
+    scores = torch.cat([g.reshape(len(g), -1) for g in grads.values()], dim=1)
+    return DenseFisher(_weighted_gram(scores, weights))
