@@ -1,0 +1,425 @@
+"""``torch.optim`` optimizers of the Learning-Lagrangian ρ family (paper §3.3, Eqs. 31–32; THEORY §5).
+
+The flow ``θ̇ = −F^{-ρ} g`` is discretised in four stages, each an estimator choice (the paper derives
+none of β1, β2, bias correction or ε; lagrl treats them as the estimator's):
+
+1. gradient estimate  ``m_t = β1 m_{t−1} + (1 − β1) g_t``, ``ĝ = m_t / (1 − β1^t)`` (β1 = 0: ``ĝ = g_t``)
+2. Fisher estimate    diagonal ``v_t = β2 v_{t−1} + (1 − β2) g_t²``, ``F̂ = v_t / (1 − β2^t)``;
+                      full ``F̂`` from ``g gᵀ``; or K-FAC factors ``A``, ``G`` per ``nn.Linear``
+3. precondition       ``u = F̂^{-ρ} ĝ`` with damping ε
+4. step               ``θ ← θ − lr · u``
+
+ρ = 0 is momentum SGD (no Fisher is kept), ρ = ½ with the diagonal Fisher is Adam (Eq. 32; RMSprop,
+Eq. 31, without the first moment and bias correction), ρ = 1 the natural gradient.
+
+Damping placement. Diagonal: ``u = ĝ / (F̂^ρ + ε)``, Adam's placement, which keeps the ρ = ½ preset
+bit-identical to ``torch.optim.Adam``. Full and K-FAC: ``u = (F̂ + εI)^{-ρ} ĝ``, K-FAC damped per
+factor (:meth:`lagrl.fisher.KroneckerFisher.power`). These matrix forms want a larger ε (≈1e-3).
+
+K-FAC is attached to a model: ``LagrangianOptimizer(model.parameters(), fisher="kfac", model=model)``
+or ``opt.attach(model)`` after construction. Forward hooks on each ``nn.Linear`` whose weight the
+optimizer holds record the layer inputs and, at backward, the output gradients of the loss being
+minimised (an empirical Fisher). The loss is taken as a mean over the batch, so ``G = N Σ δ δᵀ``.
+Other parameters (embeddings, log-std, convolutions) use the diagonal path.
+
+Adam's first moment ``exp_avg`` is a gradient estimate, not the Hamiltonian momentum ``p``
+(:mod:`lagrl.legendre`); the state keys keep torch's names so state dicts cross-load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import ParamsT
+
+from lagrl.fisher import KroneckerFisher, spd_power
+
+FISHER_FORMS = ("diagonal", "full", "kfac")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds NaN or inf; no parameter or state was changed by the step that found it."""
+
+
+def _scalar_dtype() -> torch.dtype:
+    # torch.optim keeps `step` in this dtype on the CPU; matching it lets state dicts cross-load.
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _check_hyperparameters(lr: float, rho: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(
+            f"rho must lie in [0, 1], got {rho}: 0 is gradient descent, 0.5 the paper's postulate "
+            "(Adam), 1 the natural gradient"
+        )
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}; use lr >= 0")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}; use eps >= 0 (the Fisher damping)")
+    for index, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}; use 0 <= beta < 1")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}; use weight_decay >= 0")
+
+
+class LagrangianOptimizer(torch.optim.Optimizer):
+    """Discretised Learning-Lagrangian flow ``θ_{t+1} = θ_t − lr · F̂_t^{-ρ} ĝ_t`` (THEORY §5).
+
+    Args:
+        params: parameters or parameter groups, as for any ``torch.optim`` optimizer; named
+            parameters (``model.named_parameters()``) make error messages name the parameter.
+        lr: step size.
+        rho: exponent ρ ∈ [0, 1] of the preconditioner ``F^{-ρ}``.
+        betas: EMA coefficients of the gradient estimate (β1) and of the Fisher estimate (β2).
+        eps: damping ε of the Fisher (placement: see the module docstring).
+        weight_decay: L2 penalty added to the gradient, or, with ``decoupled_weight_decay``,
+            the decay ``θ ← θ (1 − lr · weight_decay)`` applied before the step (AdamW).
+        bias_correction: divide the EMAs by ``1 − β^t`` (Adam) or not (RMSprop).
+        fisher: ``"diagonal"`` (EMA of ``g²``), ``"full"`` (EMA of ``g gᵀ`` over each group's
+            flattened parameters: small models only) or ``"kfac"`` (needs ``model``).
+        amsgrad: precondition with the running maximum of the diagonal Fisher (diagonal only).
+        maximize: ascend instead of descend.
+        update_interval: recompute the matrix power of a full or K-FAC Fisher every this many steps.
+        model: the module whose ``nn.Linear`` layers K-FAC hooks into (see :meth:`attach`).
+    """
+
+    fisher_state_key = "exp_avg_sq"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        *,
+        rho: float = 0.5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool = True,
+        fisher: str = "diagonal",
+        amsgrad: bool = False,
+        maximize: bool = False,
+        update_interval: int = 1,
+        model: nn.Module | None = None,
+    ) -> None:
+        _check_hyperparameters(lr, rho, betas, eps, weight_decay)
+        if fisher not in FISHER_FORMS:
+            raise ValueError(f"unknown fisher form {fisher!r}; choose one of {FISHER_FORMS}")
+        if amsgrad and fisher != "diagonal":
+            raise ValueError("amsgrad applies to the diagonal Fisher only; use fisher='diagonal'")
+        if update_interval < 1:
+            raise ValueError(f"update_interval must be a positive integer, got {update_interval}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+            rho=rho,
+            bias_correction=bias_correction,
+            fisher=fisher,
+            update_interval=update_interval,
+        )
+        super().__init__(params, defaults)
+        self._kfac_layers: dict[Tensor, nn.Linear] = {}
+        self._kfac_biases: set[Tensor] = set()
+        self._pending_factors: dict[Tensor, tuple[Tensor, Tensor]] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        if model is not None:
+            self.attach(model)
+        elif any(group["fisher"] == "kfac" for group in self.param_groups):
+            raise ValueError("fisher='kfac' needs the model: pass model=... (or call attach(model))")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A state dict saved by torch.optim.Adam lacks lagrl's keys: fill them from the defaults.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    # ------------------------------------------------------------------ K-FAC attachment
+    def attach(self, model: nn.Module) -> None:
+        """Hook K-FAC into every ``nn.Linear`` of ``model`` whose weight this optimizer holds."""
+        owned = {p for group in self.param_groups if group["fisher"] == "kfac" for p in group["params"]}
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight in owned:
+                if module.bias is not None and module.bias not in owned:
+                    raise ValueError("K-FAC needs a layer's weight and bias in the same optimizer")
+                self._kfac_layers[module.weight] = module
+                if module.bias is not None:
+                    self._kfac_biases.add(module.bias)
+                # A plain function, not a bound method: deep copies of the model do not copy the optimizer.
+                self._hooks.append(module.register_forward_hook(lambda *args: self._record_layer(*args)))
+        if not self._kfac_layers:
+            raise ValueError("fisher='kfac' found no nn.Linear layer of the model among the optimizer's params")
+
+    def detach(self) -> None:
+        """Remove the K-FAC hooks; later steps use the last factors they recorded."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def _record_layer(self, module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if not (torch.is_grad_enabled() and output.requires_grad):
+            return
+        activations = inputs[0].detach().reshape(-1, module.in_features)
+        if module.bias is not None:
+            activations = torch.cat([activations, activations.new_ones(len(activations), 1)], dim=1)
+
+        def record_output_gradient(grad: Tensor) -> None:
+            # Mean-reduced loss: row i of `grad` is ∇ℓ_i / N, so E[∇ℓ ∇ℓᵀ] = N Σ δ δᵀ.
+            delta = grad.detach().reshape(-1, module.out_features)
+            n = len(delta)
+            self._pending_factors[module.weight] = (activations.T @ activations / n, n * delta.T @ delta)
+
+        output.register_hook(record_output_gradient)
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step of the discretised flow; ``closure`` (optional) re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            self._check_finite(group, params)
+            if group["fisher"] == "full":
+                self._full_step(group)
+                continue
+            layers = self._kfac_layers if group["fisher"] == "kfac" else {}
+            diagonal = [p for p in params if p not in layers and p not in self._kfac_biases]
+            for param, step in zip(diagonal, self._advance_steps(diagonal)):
+                self._diagonal_step(group, param, step)
+            for param in params:
+                if param in layers:
+                    self._kfac_step(group, layers[param])
+        return loss
+
+    def _check_finite(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        # One fused reduction: a sum of norms is finite iff every gradient is (barring overflow of a
+        # huge finite gradient, which the exact check below then clears).
+        if bool(torch.stack(torch._foreach_norm([p.grad for p in params])).sum().isfinite()):
+            return
+        names = group.get("param_names")
+        for index, param in enumerate(group["params"]):
+            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                name = names[index] if names else f"#{index} (shape {list(param.shape)})"
+                raise NonFiniteGradientError(
+                    f"gradient of parameter {name} in param group {self.param_groups.index(group)} "
+                    "holds NaN or inf; nothing was updated. Check the loss for NaN/inf (log of 0, "
+                    "division by 0, exploding values), lower lr or clip gradients"
+                )
+
+    def _advance_steps(self, params: list[Tensor]) -> list[float]:
+        """Increment each parameter's ``step`` (torch's 0-dim tensor) in one fused op; return the counts."""
+        steps = []
+        for param in params:
+            state = self.state[param]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            steps.append(state["step"])
+        if not steps:
+            return []
+        torch._foreach_add_(steps, 1.0)
+        return torch.stack(steps).tolist()
+
+    def _gradient_estimate(self, group: dict[str, Any], state: dict[str, Any], grad: Tensor) -> Tensor:
+        """Stage 1: ``m_t = β1 m_{t−1} + (1 − β1) g_t`` (stored as ``exp_avg``; β1 = 0 keeps none)."""
+        beta1 = group["betas"][0]
+        if beta1 == 0:
+            return grad
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        return state["exp_avg"]
+
+    def _decay(self, group: dict[str, Any], param: Tensor, grad: Tensor) -> Tensor:
+        weight_decay = group["weight_decay"]
+        if weight_decay == 0:
+            return grad
+        if group["decoupled_weight_decay"]:
+            param.mul_(1 - group["lr"] * weight_decay)
+            return grad
+        return grad.add(param, alpha=weight_decay)
+
+    def _diagonal_step(self, group: dict[str, Any], param: Tensor, step: float) -> None:
+        """Diagonal Fisher: ``θ ← θ − lr/(1−β1^t) · m_t / ((v_t/(1−β2^t))^ρ + ε)`` (Eq. 32 at ρ = ½)."""
+        state = self.state[param]
+        grad = param.grad if not group["maximize"] else -param.grad
+        grad = self._decay(group, param, grad)
+        direction = self._gradient_estimate(group, state, grad)
+        beta1, beta2 = group["betas"]
+        rho = group["rho"]
+        bias_correction = group["bias_correction"]
+        step_size = group["lr"] / (1 - beta1**step) if bias_correction else group["lr"]
+        if rho == 0:
+            param.add_(direction, alpha=-step_size)
+            return
+        key = self.fisher_state_key
+        if key not in state:
+            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        fisher = state[key]
+        fisher.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if group["amsgrad"]:
+            if "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            fisher = torch.maximum(state["max_exp_avg_sq"], fisher, out=state["max_exp_avg_sq"])
+        root = fisher.sqrt() if rho == 0.5 else fisher.pow(rho)
+        if bias_correction:
+            root = root / (1 - beta2**step) ** rho
+        param.addcdiv_(direction, root.add_(group["eps"]), value=-step_size)
+
+    def _bias_corrections(self, group: dict[str, Any], step: float) -> tuple[float, float]:
+        if not group["bias_correction"]:
+            return 1.0, 1.0
+        beta1, beta2 = group["betas"]
+        return 1 - beta1**step, 1 - beta2**step
+
+    def _full_step(self, group: dict[str, Any]) -> None:
+        """Full Fisher over the group's flattened parameters: ``u = (F̂ + εI)^{-ρ} ĝ``."""
+        params = group["params"]
+        missing = [i for i, p in enumerate(params) if p.grad is None]
+        if missing:
+            names = group.get("param_names")
+            name = names[missing[0]] if names else f"#{missing[0]} (shape {list(params[missing[0]].shape)})"
+            raise ValueError(
+                f"parameter {name} has no gradient, but fisher='full' needs every parameter's "
+                "gradient: make the loss depend on it, or leave it out of this param group"
+            )
+        flat = torch.cat([p.reshape(-1) for p in params])
+        grad = torch.cat([p.grad.reshape(-1) for p in params])
+        grad = -grad if group["maximize"] else grad
+        state = self.state[params[0]]
+        (step,) = self._advance_steps([params[0]])
+        if group["decoupled_weight_decay"]:
+            self._decay(group, flat, grad)
+        else:
+            grad = self._decay(group, flat, grad)
+        direction = self._gradient_estimate(group, state, grad)
+        bc1, bc2 = self._bias_corrections(group, step)
+        if group["rho"] == 0:
+            update = direction
+        else:
+            beta2 = group["betas"][1]
+            if "fisher_matrix" not in state:
+                state["fisher_matrix"] = grad.new_zeros(len(grad), len(grad))
+            state["fisher_matrix"].mul_(beta2).addr_(grad, grad, alpha=1 - beta2)
+            if (int(step) - 1) % group["update_interval"] == 0:
+                state["fisher_power"] = spd_power(state["fisher_matrix"] / bc2, -group["rho"], group["eps"])
+            update = state["fisher_power"] @ direction
+        flat.add_(update, alpha=-group["lr"] / bc1)
+        for param, chunk in zip(params, flat.split([p.numel() for p in params])):
+            param.copy_(chunk.view_as(param))
+
+    def _kfac_step(self, group: dict[str, Any], layer: nn.Linear) -> None:
+        """K-FAC block of one ``nn.Linear``: ``U = (G + √ε)^{-ρ} M̂ (A + √ε)^{-ρ}`` on ``[W | b]``."""
+        weight, bias = layer.weight, layer.bias
+        if bias is not None and bias.grad is None:
+            raise ValueError(f"the bias of K-FAC layer {layer} has no gradient while its weight has one")
+        matrix = weight if bias is None else torch.cat([weight, bias.unsqueeze(1)], dim=1)
+        grad = weight.grad if bias is None else torch.cat([weight.grad, bias.grad.unsqueeze(1)], dim=1)
+        grad = -grad if group["maximize"] else grad
+        state = self.state[weight]
+        (step,) = self._advance_steps([weight])
+        if group["decoupled_weight_decay"]:
+            self._decay(group, matrix, grad)
+        else:
+            grad = self._decay(group, matrix, grad)
+        direction = self._gradient_estimate(group, state, grad)
+        bc1, bc2 = self._bias_corrections(group, step)
+        rho = group["rho"]
+        if rho == 0:
+            update = direction
+        else:
+            self._update_factors(group, state, weight)
+            if (int(step) - 1) % group["update_interval"] == 0:
+                powered = KroneckerFisher(
+                    state["input_factor"] / bc2, state["output_factor"] / bc2
+                ).power(-rho, group["eps"])
+                state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
+            update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
+        matrix.add_(update, alpha=-group["lr"] / bc1)
+        if bias is None:
+            weight.copy_(matrix)
+        else:
+            weight.copy_(matrix[:, :-1])
+            bias.copy_(matrix[:, -1])
+
+    def _update_factors(self, group: dict[str, Any], state: dict[str, Any], weight: Tensor) -> None:
+        """Stage 2 for K-FAC: EMA of the layer's factors ``A = E[a aᵀ]`` and ``G = E[δ δᵀ]``."""
+        pending = self._pending_factors.pop(weight, None)
+        if pending is None:
+            if "input_factor" not in state:
+                raise ValueError(
+                    "a K-FAC layer has a gradient but no recorded activations: run the forward "
+                    "pass after attach(model) and with gradients enabled"
+                )
+            return
+        beta2 = group["betas"][1]
+        if "input_factor" not in state:
+            state["input_factor"] = torch.zeros_like(pending[0])
+            state["output_factor"] = torch.zeros_like(pending[1])
+        state["input_factor"].mul_(beta2).add_(pending[0], alpha=1 - beta2)
+        state["output_factor"].mul_(beta2).add_(pending[1], alpha=1 - beta2)
+
+
+class LagrangianAdam(LagrangianOptimizer):
+    """Adam as the ρ = ½ diagonal-Fisher Lagrangian flow (paper Eq. 32); ``torch.optim.Adam``'s signature.
+
+    Bit-identical to ``torch.optim.Adam`` on its CPU default (single-tensor) path, and its
+    ``state_dict`` has Adam's layout (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``), so
+    each loads the other's.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            rho=0.5,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
+
+
+class LagrangianRMSprop(LagrangianOptimizer):
+    """RMSprop as the ρ = ½ flow without first moment or bias correction (paper Eq. 31).
+
+    Bit-identical to ``torch.optim.RMSprop(momentum=0, centered=False)``; its Fisher estimate is
+    stored as ``square_avg``, RMSprop's name.
+    """
+
+    fisher_state_key = "square_avg"
+
+    def __init__(
+        self, params: ParamsT, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0
+    ) -> None:
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"Invalid alpha value: {alpha}; use 0 <= alpha < 1")
+        super().__init__(
+            params, lr, rho=0.5, betas=(0.0, alpha), eps=eps, weight_decay=weight_decay, bias_correction=False
+        )
