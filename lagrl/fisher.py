@@ -198,7 +198,7 @@ def _validation_off() -> Iterator[None]:
 
 
 @contextmanager
-def _seeded(device: torch.device, generator: torch.Generator | None) -> Iterator[None]:
+def seeded(device: torch.device, generator: torch.Generator | None) -> Iterator[None]:
     """Run the body on global RNGs seeded from ``generator``, restoring their state afterwards.
 
     ``Distribution.sample`` takes no generator, so a seed is drawn from ``generator`` and the CPU RNG
@@ -310,7 +310,7 @@ def sample_targets(
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    with torch.no_grad(), _seeded(inputs.device, generator):
+    with torch.no_grad(), seeded(inputs.device, generator):
         return _predict(model, inputs, distribution).sample((num_samples,)).flatten(0, 1)
 
 
