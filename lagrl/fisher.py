@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,30 +61,33 @@ def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
         raise TypeError(f"expected a floating-point matrix, got {matrix.dtype}; convert it with .double()")
     if matrix.shape[-1] == 0:
         return matrix.clone()
-    _check_finite("Fisher matrix", matrix)
-    scale = matrix.abs().amax().clamp_min(torch.finfo(matrix.dtype).tiny)
-    asym = (matrix - matrix.mT).abs().amax() / scale
-    if asym > 1e3 * torch.finfo(matrix.dtype).eps:
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)  # reads the lower triangle only
+    lowest, highest = torch.aminmax(eigenvalues)
+    # One host sync for all checks; NaN or inf anywhere in M makes one of these NaN.
+    asym, lowest, highest = torch.stack([(matrix - matrix.mT).abs().amax(), lowest, highest]).tolist()
+    scale = max(abs(lowest), abs(highest), torch.finfo(matrix.dtype).tiny)
+    if not math.isfinite(asym + lowest + highest):
+        raise ValueError("Fisher matrix contains NaN or inf; check the gradients it was estimated from")
+    if asym > 1e3 * torch.finfo(matrix.dtype).eps * scale:
         raise ValueError(
-            f"Fisher matrix is not symmetric (relative asymmetry {float(asym):.2e}); "
+            f"Fisher matrix is not symmetric (relative asymmetry {asym / scale:.2e}); "
             "symmetrise it with (M + M.T) / 2"
         )
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    eigenvalues = eigenvalues + damping
-    smallest = float(eigenvalues.amin())
+    smallest = lowest + damping
     # Rounding leaves eigenvalues of a singular PSD matrix at about n·eps·max|w| on either side of 0.
-    floor = matrix.shape[-1] * torch.finfo(matrix.dtype).eps * float(scale)
+    floor = matrix.shape[-1] * torch.finfo(matrix.dtype).eps * scale
     if exponent < 0 and smallest <= floor:
         raise ValueError(
             f"Fisher matrix is not positive definite (smallest eigenvalue {smallest:.3e} after "
             f"damping {damping:g}), so its power {exponent:g} does not exist; add damping, "
-            f"e.g. damping={max(1e-6, 1e-3 * float(scale)):.1e}"
+            f"e.g. damping={max(1e-6, 1e-3 * scale):.1e}"
         )
     if exponent >= 0 and smallest < -floor:
         raise ValueError(
             f"Fisher matrix is not positive semi-definite (smallest eigenvalue {smallest:.3e}); "
             "a Fisher estimate is PSD by construction, so check how it was built, or add damping"
         )
+    eigenvalues = eigenvalues + damping
     powered = eigenvalues.clamp_min(0.0).pow(exponent) if exponent != 0 else torch.ones_like(eigenvalues)
     return (eigenvectors * powered.unsqueeze(-2)) @ eigenvectors.mT
 

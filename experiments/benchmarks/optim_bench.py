@@ -96,7 +96,7 @@ def main() -> None:
 
     rows = []
     for label, build, steps in (("CartPole actor-critic", cartpole_policy, 200), ("4x1024 MLP", wide_mlp, 10)):
-        models = {name: build().to(device) for name in ("adam", "lagrangian_adam", "rho_0.75")}
+        models = {name: build().to(device) for name in ("adam", "lagrangian_adam", "rho_0.75", "rho_0.6")}
         count = sum(p.numel() for p in models["adam"].parameters())
         results = compare(
             {
@@ -104,22 +104,25 @@ def main() -> None:
                 "lagrangian_adam": time_steps(
                     lambda: LagrangianAdam(models["lagrangian_adam"].parameters()), models["lagrangian_adam"], steps, device
                 ),
-                "rho_0.75": time_steps(
-                    lambda: LagrangianOptimizer(models["rho_0.75"].parameters(), rho=0.75),
-                    models["rho_0.75"],
-                    steps,
-                    device,
-                ),
+                **{
+                    name: time_steps(
+                        lambda name=name: LagrangianOptimizer(models[name].parameters(), rho=float(name[4:])),
+                        models[name],
+                        steps,
+                        device,
+                    )
+                    for name in ("rho_0.75", "rho_0.6")
+                },
             },
             args.repeats,
         )
         rows.append((label, count, results))
 
-    print(f"\n{'model':24} {'params':>9} {'Adam µs':>10} {'LagrAdam µs':>12} {'ratio':>6} {'ρ=0.75 µs':>10} {'ratio':>6}")
+    print(f"\n{'model':22} {'params':>8} {'Adam µs':>9}" + "".join(f" {name + ' µs':>17} {'ratio':>6}" for name in rows[0][2] if name != "adam"))
     for label, count, r in rows:
         print(
-            f"{label:24} {count:9d} {r['adam'] * 1e6:10.1f} {r['lagrangian_adam'] * 1e6:12.1f} "
-            f"{r['lagrangian_adam'] / r['adam']:6.3f} {r['rho_0.75'] * 1e6:10.1f} {r['rho_0.75'] / r['adam']:6.3f}"
+            f"{label:22} {count:8d} {r['adam'] * 1e6:9.1f}"
+            + "".join(f" {r[name] * 1e6:17.1f} {r[name] / r['adam']:6.3f}" for name in r if name != "adam")
         )
     every = kfac_step_seconds(device, args.repeats, update_interval=1)
     amortised = kfac_step_seconds(device, args.repeats, update_interval=10)
