@@ -158,8 +158,6 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         if model is not None:
             self.attach(model)
-        elif any(group["fisher"] == "kfac" for group in self.param_groups):
-            raise ValueError("fisher='kfac' needs the model: pass model=... (or call attach(model))")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A state dict saved by torch.optim.Adam lacks lagrl's keys: fill them from the defaults.
@@ -222,6 +220,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 self._full_step(group)
                 continue
             layers = self._kfac_layers if group["fisher"] == "kfac" else {}
+            if group["fisher"] == "kfac" and not layers:
+                raise ValueError("fisher='kfac' needs the model: pass model=... or call attach(model) before step()")
             diagonal = [p for p in params if p not in layers and p not in self._kfac_biases]
             for param, step in zip(diagonal, self._advance_steps(diagonal)):
                 self._diagonal_step(group, param, step)

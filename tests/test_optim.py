@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from lagrl.fisher import fisher
-from lagrl.optim import LagrangianAdam, LagrangianOptimizer, LagrangianRMSprop, NonFiniteGradientError
+from lagrl.optim import (
+    LagrangianAdam,
+    LagrangianOptimizer,
+    LagrangianRMSprop,
+    NonFiniteGradientError,
+    fractional_power,
+)
 
 
 def make_mlp(device: torch.device, seed: int = 0) -> nn.Module:
@@ -86,7 +92,7 @@ def closed_form_trajectory(model, data, rho, lr, betas, eps):
     return torch.cat([p.flatten() for p in params])
 
 
-@pytest.mark.parametrize("rho", [0.0, 0.75, 1.0])
+@pytest.mark.parametrize("rho", [0.0, 0.6, 0.75, 1.0])
 def test_rho_family_equals_closed_form(device, rho):
     """ρ = 0: EMA-momentum SGD; ρ = 1: diagonal natural gradient; ρ = ¾ in between."""
     data = batches(device, 50)
@@ -101,6 +107,15 @@ def test_rho_family_equals_closed_form(device, rho):
     torch.testing.assert_close(flat(model), reference, rtol=1e-12, atol=1e-12)
     if rho == 0:
         assert all("exp_avg_sq" not in state for state in optimizer.state.values())
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.0625, 0.25, 0.5, 0.6, 0.75, 0.9375, 1.0])
+def test_fractional_power_equals_torch_pow(device, rho):
+    values = torch.rand(1000, dtype=torch.float64, device=device) * 10
+    values[0] = 0.0
+    result = fractional_power(values, rho)
+    torch.testing.assert_close(result, values.pow(rho), rtol=1e-14, atol=1e-300)
+    assert result.data_ptr() != values.data_ptr()
 
 
 def test_state_dicts_cross_load_and_training_continues(device):
@@ -279,7 +294,12 @@ def test_full_fisher_requires_every_gradient():
 
 def test_kfac_needs_the_model():
     model = make_mlp(torch.device("cpu"))
+    optimizer = LagrangianOptimizer(model.parameters(), fisher="kfac", eps=1e-3)
+    train_one = batches(torch.device("cpu"), 1)
     with pytest.raises(ValueError, match="needs the model"):
-        LagrangianOptimizer(model.parameters(), fisher="kfac")
+        train(model, optimizer, train_one)
+    optimizer.attach(model)  # attaching after construction, as an SB3 policy must
+    train(model, optimizer, train_one)
+    assert "input_factor" in optimizer.state[model[0].weight]
     with pytest.raises(ValueError, match="unknown fisher form"):
         LagrangianOptimizer(model.parameters(), fisher="block")
