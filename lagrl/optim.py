@@ -28,6 +28,7 @@ Adam's first moment ``exp_avg`` is a gradient estimate, not the Hamiltonian mome
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -41,28 +42,16 @@ FISHER_FORMS = ("diagonal", "full", "kfac")
 
 
 def fractional_power(values: Tensor, rho: float) -> Tensor:
-    """``v^ρ`` elementwise for ``v ≥ 0``, as a new tensor, by the cheapest exact route.
+    """``v^ρ`` elementwise for ``v ≥ 0``, as a new tensor.
 
-    ρ = ½ is ``sqrt`` (Adam's op, kept for bit-identity); a dyadic ρ = k/2^n (n ≤ 4) is a product
-    of repeated square roots, ``v^(a+b) = v^a v^b``; any other ρ is ``exp(ρ log v)``, which is about
-    twice as fast as ``torch.pow`` on CPU (``log 0 = −inf`` gives ``0^ρ = 0``).
+    ρ = ½ is ``sqrt`` (Adam's op, kept for bit-identity); any other ρ is ``exp(ρ log v)`` computed in
+    one buffer, about twice as fast as ``torch.pow`` on CPU (``log 0 = −inf`` gives ``0^ρ = 0``).
     """
     if rho == 0.5:
         return values.sqrt()
     if rho in (0, 1):
         return torch.ones_like(values) if rho == 0 else values.clone()
-    numerator = rho * 16
-    if numerator != int(numerator):
-        return values.log().mul_(rho).exp_()
-    result, root, bits = None, values, int(numerator)
-    for bit in (8, 4, 2, 1):  # the binary digits of ρ: 1/2, 1/4, 1/8, 1/16
-        if not bits:
-            break
-        root = root.sqrt()
-        if bits & bit:
-            result = root if result is None else result * root
-            bits -= bit
-    return result
+    return values.log().mul_(rho).exp_()
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -223,17 +212,18 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             if group["fisher"] == "kfac" and not layers:
                 raise ValueError("fisher='kfac' needs the model: pass model=... or call attach(model) before step()")
             diagonal = [p for p in params if p not in layers and p not in self._kfac_biases]
-            for param, step in zip(diagonal, self._advance_steps(diagonal)):
+            kfac = [p for p in params if p in layers]
+            steps = self._advance_steps(diagonal + kfac)
+            for param, step in zip(diagonal, steps):
                 self._diagonal_step(group, param, step)
-            for param in params:
-                if param in layers:
-                    self._kfac_step(group, layers[param])
+            for param, step in zip(kfac, steps[len(diagonal) :]):
+                self._kfac_step(group, layers[param], step)
         return loss
 
     def _check_finite(self, group: dict[str, Any], params: list[Tensor]) -> None:
         # One fused reduction: a sum of norms is finite iff every gradient is (barring overflow of a
         # huge finite gradient, which the exact check below then clears).
-        if bool(torch.stack(torch._foreach_norm([p.grad for p in params])).sum().isfinite()):
+        if math.isfinite(torch.stack(torch._foreach_norm([p.grad for p in params])).sum().item()):
             return
         names = group.get("param_names")
         for index, param in enumerate(group["params"]):
@@ -346,20 +336,21 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         for param, chunk in zip(params, flat.split([p.numel() for p in params])):
             param.copy_(chunk.view_as(param))
 
-    def _kfac_step(self, group: dict[str, Any], layer: nn.Linear) -> None:
+    def _kfac_step(self, group: dict[str, Any], layer: nn.Linear, step: float) -> None:
         """K-FAC block of one ``nn.Linear``: ``U = (G + √ε)^{-ρ} M̂ (A + √ε)^{-ρ}`` on ``[W | b]``."""
         weight, bias = layer.weight, layer.bias
         if bias is not None and bias.grad is None:
             raise ValueError(f"the bias of K-FAC layer {layer} has no gradient while its weight has one")
-        matrix = weight if bias is None else torch.cat([weight, bias.unsqueeze(1)], dim=1)
+        blocks = [weight] if bias is None else [weight, bias.unsqueeze(1)]  # views: in-place ops reach the params
         grad = weight.grad if bias is None else torch.cat([weight.grad, bias.grad.unsqueeze(1)], dim=1)
         grad = -grad if group["maximize"] else grad
+        if group["weight_decay"] != 0:
+            if group["decoupled_weight_decay"]:
+                for block in blocks:
+                    self._decay(group, block, grad)
+            else:
+                grad = self._decay(group, torch.cat(blocks, dim=1), grad)
         state = self.state[weight]
-        (step,) = self._advance_steps([weight])
-        if group["decoupled_weight_decay"]:
-            self._decay(group, matrix, grad)
-        else:
-            grad = self._decay(group, matrix, grad)
         direction = self._gradient_estimate(group, state, grad)
         bc1, bc2 = self._bias_corrections(group, step)
         rho = group["rho"]
@@ -373,12 +364,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 ).power(-rho, group["eps"])
                 state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
-        matrix.add_(update, alpha=-group["lr"] / bc1)
-        if bias is None:
-            weight.copy_(matrix)
-        else:
-            weight.copy_(matrix[:, :-1])
-            bias.copy_(matrix[:, -1])
+        for block, part in zip(blocks, update.split([layer.in_features, 1][: len(blocks)], dim=1)):
+            block.add_(part, alpha=-group["lr"] / bc1)
 
     def _update_factors(self, group: dict[str, Any], state: dict[str, Any], weight: Tensor) -> None:
         """Stage 2 for K-FAC: EMA of the layer's factors ``A = E[a aᵀ]`` and ``G = E[δ δᵀ]``."""
