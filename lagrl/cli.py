@@ -1,6 +1,6 @@
 """The ``lagrl`` command line: composes the library, defines no math.
 
-    lagrl check [--steps N] [--device DEV]   LagrangianAdam/RMSprop vs torch.optim, bit for bit
+lagrl check [--steps N] [--device DEV]   LagrangianAdam/RMSprop vs torch.optim, bit for bit
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"LagrangianAdam / LagrangianRMSprop vs torch.optim: {args.steps} float32 steps on an MLP, {args.device}")
     print(f"{'optimizer':9} {'settings':78} {'max |Δθ|':>10}  result")
     for row in rows:
-        print(f"{row.optimizer:9} {row.settings:78} {row.max_abs_diff:10.3g}  {'identical' if row.identical else 'DIFFERS'}")
+        result = "identical" if row.identical else "DIFFERS"
+        print(f"{row.optimizer:9} {row.settings:78} {row.max_abs_diff:10.3g}  {result}")
     failed = sum(not row.identical for row in rows)
     print(f"{len(rows) - failed}/{len(rows)} bit-identical in {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0

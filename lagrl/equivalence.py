@@ -51,8 +51,10 @@ def optimizer_parity(steps: int = 1000, device: str | torch.device = "cpu", seed
     """
     device = torch.device(device)
     rows = []
-    cases = [("Adam", dict(lr=1e-2, weight_decay=wd, decoupled_weight_decay=dec, amsgrad=ams, maximize=mx))
-             for wd, dec, ams, mx in itertools.product([0.0, 0.1], [False, True], [False, True], [False, True])]
+    cases = [
+        ("Adam", dict(lr=1e-2, weight_decay=wd, decoupled_weight_decay=dec, amsgrad=ams, maximize=mx))
+        for wd, dec, ams, mx in itertools.product([0.0, 0.1], [False, True], [False, True], [False, True])
+    ]
     cases += [("RMSprop", dict(lr=1e-3, weight_decay=wd)) for wd in (0.0, 0.1)]
     pairs = {"Adam": (torch.optim.Adam, LagrangianAdam), "RMSprop": (torch.optim.RMSprop, LagrangianRMSprop)}
     for name, kwargs in cases:

@@ -22,9 +22,9 @@ Powers use damping ``(F + λI)^e``; inverse roots need it wherever ``F`` is sing
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +70,7 @@ def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
         raise ValueError("Fisher matrix contains NaN or inf; check the gradients it was estimated from")
     if asym > 1e3 * torch.finfo(matrix.dtype).eps * scale:
         raise ValueError(
-            f"Fisher matrix is not symmetric (relative asymmetry {asym / scale:.2e}); "
-            "symmetrise it with (M + M.T) / 2"
+            f"Fisher matrix is not symmetric (relative asymmetry {asym / scale:.2e}); symmetrise it with (M + M.T) / 2"
         )
     smallest = lowest + damping
     # Rounding leaves eigenvalues of a singular PSD matrix at about n·eps·max|w| on either side of 0.
@@ -236,8 +235,7 @@ def _predict(
         dist = distribution(output)
         if not isinstance(dist, Distribution):
             raise TypeError(
-                "distribution(output) must return a torch.distributions.Distribution, "
-                f"got {type(dist).__name__}"
+                f"distribution(output) must return a torch.distributions.Distribution, got {type(dist).__name__}"
             )
     else:
         raise TypeError(
@@ -262,8 +260,7 @@ def _trainable(model: nn.Module) -> dict[str, Tensor]:
 def _check_lengths(inputs: Tensor, targets: Tensor) -> None:
     if len(inputs) != len(targets):
         raise ValueError(
-            f"inputs and targets differ in length ({len(inputs)} vs {len(targets)}); "
-            "pass one target per input row"
+            f"inputs and targets differ in length ({len(inputs)} vs {len(targets)}); pass one target per input row"
         )
 
 
@@ -341,13 +338,9 @@ def _weighted_samples(
         _check_lengths(inputs, targets)
         return inputs, targets, torch.full((n,), 1.0 / n, dtype=dtype, device=inputs.device)
     if targets is not None:
-        raise ValueError(
-            f"kind={kind!r} takes its targets from the model; pass targets only with kind='empirical'"
-        )
+        raise ValueError(f"kind={kind!r} takes its targets from the model; pass targets only with kind='empirical'")
     if kind == "true":
-        targets = sample_targets(
-            model, inputs, distribution=distribution, num_samples=num_samples, generator=generator
-        )
+        targets = sample_targets(model, inputs, distribution=distribution, num_samples=num_samples, generator=generator)
         weights = torch.full((len(targets),), 1.0 / len(targets), dtype=dtype, device=inputs.device)
     else:
         with torch.no_grad():
@@ -413,9 +406,7 @@ def _kfac(
             log_prob = _predict(model, inputs, distribution).log_prob(targets).sum()
             unused = sorted(set(layers) - set(outs))
             if unused:
-                raise ValueError(
-                    f"form='kfac': trainable nn.Linear layers {unused} are not called in forward"
-                )
+                raise ValueError(f"form='kfac': trainable nn.Linear layers {unused} are not called in forward")
             # autograd.grad w.r.t. the outputs instead of .backward(): row i is δ_i, no .grad is touched
             grads = torch.autograd.grad(log_prob, list(outs.values()), materialize_grads=True)
             deltas = dict(zip(outs, grads, strict=True))  # outs is in call order, not module order
@@ -461,16 +452,11 @@ def fisher(
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; choose one of {FORMS}")
-    inputs, targets, weights = _weighted_samples(
-        model, inputs, targets, kind, distribution, num_samples, generator
-    )
+    inputs, targets, weights = _weighted_samples(model, inputs, targets, kind, distribution, num_samples, generator)
     if form == "kfac":
         return _kfac(model, inputs, targets, weights, distribution)
     grads = per_sample_grads(model, inputs, targets, distribution=distribution)
     if form == "diagonal":
-        return {
-            name: DiagonalFisher(torch.einsum("m,m...->...", weights, g.square()))
-            for name, g in grads.items()
-        }
+        return {name: DiagonalFisher(torch.einsum("m,m...->...", weights, g.square())) for name, g in grads.items()}
     scores = torch.cat([g.reshape(len(g), -1) for g in grads.values()], dim=1)
     return DenseFisher(_weighted_gram(scores, weights))

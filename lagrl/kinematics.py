@@ -107,9 +107,7 @@ def information_acceleration(velocity: Tensor) -> Tensor:
     return velocity.diff(dim=-1)
 
 
-def kinematics(
-    *, log_probs: Tensor | None = None, losses: Tensor | None = None, density: bool = False
-) -> Kinematics:
+def kinematics(*, log_probs: Tensor | None = None, losses: Tensor | None = None, density: bool = False) -> Kinematics:
     """Position ``I = Σ v``, velocity ``v`` and acceleration ``a(t) = v(t+1) − v(t)`` of one series.
 
     Give exactly one of ``log_probs`` (``v = −log_probs``) or ``losses`` (per-observation negative

@@ -29,7 +29,7 @@ Adam's first moment ``exp_avg`` is a gradient estimate, not the Hamiltonian mome
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -359,9 +359,9 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         else:
             self._update_factors(group, state, weight)
             if (int(step) - 1) % group["update_interval"] == 0:
-                powered = KroneckerFisher(
-                    state["input_factor"] / bc2, state["output_factor"] / bc2
-                ).power(-rho, group["eps"])
+                powered = KroneckerFisher(state["input_factor"] / bc2, state["output_factor"] / bc2).power(
+                    -rho, group["eps"]
+                )
                 state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
         for block, part in zip(blocks, update.split([layer.in_features, 1][: len(blocks)], dim=1)):

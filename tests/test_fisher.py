@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Normal
 
+from helpers import F64, random_spd
 from lagrl.fisher import (
     DenseFisher,
     DiagonalFisher,
@@ -19,13 +20,6 @@ from lagrl.fisher import (
     sample_targets,
     spd_power,
 )
-
-F64 = torch.float64
-
-
-def random_spd(n: int, seed: int, device, shift: float = 0.1) -> torch.Tensor:
-    q = torch.randn(n, n, dtype=F64, generator=torch.Generator().manual_seed(seed))
-    return (q @ q.T + shift * torch.eye(n, dtype=F64)).to(device)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -96,7 +90,7 @@ def categorical(z):
 
 @pytest.mark.parametrize("exponent", [-1.0, -0.5, 0.5, 1.0, 0.75])
 def test_spd_power_matches_scipy(device, exponent):
-    m = random_spd(5, 1, device)
+    m = random_spd(5, 1, device, shift=0.1)
     expected = np.real(scipy.linalg.fractional_matrix_power(m.cpu().numpy(), exponent))
     got = spd_power(m, exponent)
     assert got.device.type == device.type
@@ -125,12 +119,10 @@ def test_spd_power_rejects_bad_matrices(device):
 
 @pytest.mark.parametrize("exponent", [-0.5, 0.5, 1.0])
 def test_kronecker_power_matvec(device, exponent):
-    a, g = random_spd(3, 3, device), random_spd(2, 4, device)
+    a, g = random_spd(3, 3, device, shift=0.1), random_spd(2, 4, device, shift=0.1)
     k = KroneckerFisher(a, g)
     powered = k.power(exponent, 0.0)
-    assert torch.allclose(
-        powered.to_dense(), torch.kron(spd_power(g, exponent), spd_power(a, exponent)), atol=1e-10
-    )
+    assert torch.allclose(powered.to_dense(), torch.kron(spd_power(g, exponent), spd_power(a, exponent)), atol=1e-10)
     assert torch.allclose(powered.to_dense(), spd_power(k.to_dense(), exponent), atol=1e-10)
     x = torch.randn(2, 3, dtype=F64, generator=gen(5)).to(device)
     assert torch.allclose(k.matvec(x).flatten(), k.to_dense() @ x.flatten(), atol=1e-12)
@@ -174,9 +166,7 @@ def true_fisher_with_se(model, x, num_samples, seed):
     """(full true Fisher, mean, standard error) of the per-sample squared scores from the same draws."""
     f = fisher(model, x, kind="true", form="full", num_samples=num_samples, generator=gen(seed)).matrix
     y = sample_targets(model, x, num_samples=num_samples, generator=gen(seed))
-    scores = torch.cat(
-        [g.reshape(len(g), -1) for g in per_sample_grads(model, x.repeat(num_samples), y).values()], 1
-    )
+    scores = torch.cat([g.reshape(len(g), -1) for g in per_sample_grads(model, x.repeat(num_samples), y).values()], 1)
     products = scores.unsqueeze(2) * scores.unsqueeze(1)
     return f, products.mean(0), products.std(0) / math.sqrt(len(scores))
 
@@ -189,9 +179,7 @@ def test_true_gaussian_monte_carlo(device):
     closed = torch.diag(torch.tensor([1 / sigma**2, 2 / sigma**2], dtype=F64, device=device))
     assert bool(((f - closed).abs() < 4 * se).all()), (f, closed, se)
     diag = fisher(model, torch.zeros(1, device=device), num_samples=20000, generator=gen(0))
-    assert torch.allclose(
-        torch.stack([diag["mu"].diagonal, diag["sigma"].diagonal]), f.diagonal(), atol=1e-12
-    )
+    assert torch.allclose(torch.stack([diag["mu"].diagonal, diag["sigma"].diagonal]), f.diagonal(), atol=1e-12)
 
 
 def test_true_bernoulli_monte_carlo(device):
@@ -279,16 +267,12 @@ def test_kfac_factors_match_hand_loop(device, kind):
         probs = torch.softmax(s2, 0).detach()
         classes = [(int(y[i]), 1.0)] if kind == "empirical" else [(k, float(probs[k])) for k in range(3)]
         for k, w in classes:
-            d1, d2 = torch.autograd.grad(
-                Categorical(logits=s2).log_prob(torch.tensor(k)), [s1, s2], retain_graph=True
-            )
+            d1, d2 = torch.autograd.grad(Categorical(logits=s2).log_prob(torch.tensor(k)), [s1, s2], retain_graph=True)
             a2 = torch.cat([h.detach(), torch.ones(1, dtype=F64, device=device)])
             for name, a, d in (("0", x[i], d1), ("2", a2, d2)):
                 factors[name][0] = factors[name][0] + w * torch.outer(a, a) / len(x)
                 factors[name][1] = factors[name][1] + w * torch.outer(d, d) / len(x)
-    kfac = fisher(
-        model, x, y if kind == "empirical" else None, kind=kind, form="kfac", distribution=categorical
-    )
+    kfac = fisher(model, x, y if kind == "empirical" else None, kind=kind, form="kfac", distribution=categorical)
     assert list(kfac) == ["0", "2"]
     assert kfac["0"].input_factor.shape == (3, 3) and kfac["2"].input_factor.shape == (5, 5)
     for name, (a, g) in factors.items():

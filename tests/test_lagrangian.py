@@ -12,19 +12,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Normal
 
+from helpers import F64, randn, random_spd
 from lagrl.fisher import DenseFisher, KroneckerFisher
 from lagrl.lagrangian import action, energy, euler_lagrange_q, kinetic_energy, learning_lagrangian
-
-F64 = torch.float64
-
-
-def randn(*shape, seed=0, device="cpu"):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64).to(device)
-
-
-def random_spd(n, seed, device):
-    a = randn(n, n, seed=seed, device=device)
-    return a @ a.T + 0.5 * torch.eye(n, dtype=F64, device=device)
 
 
 def numpy_kinetic(F, g, num_params, damping=0.0):

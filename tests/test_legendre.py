@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import F64, randn, random_spd
 from lagrl.fisher import DenseFisher, DiagonalFisher, KroneckerFisher
 from lagrl.lagrangian import kinetic_energy, particle_kinetic_energy
 from lagrl.legendre import (
@@ -22,18 +23,6 @@ from lagrl.legendre import (
     velocity,
     velocity_from_gradient,
 )
-
-F64 = torch.float64
-
-
-def randn(*shape, seed=0, device="cpu"):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64).to(device)
-
-
-def random_spd(n, seed, device):
-    a = randn(n, n, seed=seed, device=device)
-    return a @ a.T + 0.5 * torch.eye(n, dtype=F64, device=device)
-
 
 # --- mechanics ------------------------------------------------------------------------------------
 

@@ -52,7 +52,9 @@ ADAM_CASES = list(itertools.product([0.0, 0.1], [False, True], [False, True], [F
 
 @pytest.mark.parametrize("weight_decay,decoupled,amsgrad,maximize", ADAM_CASES)
 def test_adam_bit_identical_to_torch(device, weight_decay, decoupled, amsgrad, maximize):
-    kwargs = dict(lr=1e-2, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled)
+    kwargs = dict(
+        lr=1e-2, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled
+    )
     data = batches(device, 1000)
     reference, candidate = make_mlp(device), make_mlp(device)
     train(reference, torch.optim.Adam(reference.parameters(), **kwargs, **torch_kwargs(device)), data)
@@ -176,7 +178,12 @@ def regression_step(device, fisher_form, rho, eps, betas=(0.0, 0.0)):
     inputs = torch.randn(64, 3, device=device, dtype=torch.float64)
     targets = torch.randn(64, 2, device=device, dtype=torch.float64)
     optimizer = LagrangianOptimizer(
-        layer.parameters(), lr=0.1, rho=rho, eps=eps, betas=betas, fisher=fisher_form,
+        layer.parameters(),
+        lr=0.1,
+        rho=rho,
+        eps=eps,
+        betas=betas,
+        fisher=fisher_form,
         model=layer if fisher_form == "kfac" else None,
     )
     loss = 0.5 * (layer(inputs) - targets).pow(2).sum(dim=1).mean()
@@ -196,14 +203,22 @@ def test_kfac_step_matches_factors_from_lagrl_fisher(device, rho):
     reference.weight.data.copy_(weight0)
     reference.bias.data.copy_(bias0)
     block = fisher(
-        reference, inputs, targets, kind="empirical", form="kfac",
+        reference,
+        inputs,
+        targets,
+        kind="empirical",
+        form="kfac",
         distribution=lambda mean: torch.distributions.Normal(mean, 1.0),
     )[""]
     state = optimizer.state[layer.weight]
     torch.testing.assert_close(state["input_factor"], block.input_factor, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(state["output_factor"], block.output_factor, rtol=1e-10, atol=1e-12)
-    a_power = torch.linalg.matrix_power(block.input_factor + eps**0.5 * torch.eye(4, device=device, dtype=torch.float64), -1)
-    g_power = torch.linalg.matrix_power(block.output_factor + eps**0.5 * torch.eye(2, device=device, dtype=torch.float64), -1)
+    a_power = torch.linalg.matrix_power(
+        block.input_factor + eps**0.5 * torch.eye(4, device=device, dtype=torch.float64), -1
+    )
+    g_power = torch.linalg.matrix_power(
+        block.output_factor + eps**0.5 * torch.eye(2, device=device, dtype=torch.float64), -1
+    )
     if rho == 0.5:
         a_power, g_power = sqrtm_spd(a_power), sqrtm_spd(g_power)
     expected = torch.cat([weight0, bias0.unsqueeze(1)], dim=1) - 0.1 * g_power @ grad @ a_power
@@ -231,13 +246,17 @@ def test_kfac_state_dict_round_trip_continues_identically():
     device = torch.device("cpu")
     data = batches(device, 20, seed=5)
     model = make_mlp(device)
-    optimizer = LagrangianOptimizer(model.parameters(), lr=1e-2, fisher="kfac", eps=1e-3, model=model, update_interval=3)
+    optimizer = LagrangianOptimizer(
+        model.parameters(), lr=1e-2, fisher="kfac", eps=1e-3, model=model, update_interval=3
+    )
     train(model, optimizer, data[:10])
     saved_model, saved_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     train(model, optimizer, data[10:])
     resumed = make_mlp(device, seed=7)
     resumed.load_state_dict(saved_model)
-    other = LagrangianOptimizer(resumed.parameters(), lr=1e-2, fisher="kfac", eps=1e-3, model=resumed, update_interval=3)
+    other = LagrangianOptimizer(
+        resumed.parameters(), lr=1e-2, fisher="kfac", eps=1e-3, model=resumed, update_interval=3
+    )
     other.load_state_dict(saved_state)
     train(resumed, other, data[10:])
     assert torch.equal(flat(resumed), flat(model))

@@ -31,7 +31,9 @@ def wide_mlp() -> nn.Module:
     return nn.Sequential(*[layer for _ in range(4) for layer in (nn.Linear(1024, 1024), nn.Tanh())])
 
 
-def time_steps(make_opt: Callable[[], torch.optim.Optimizer], model: nn.Module, steps: int, device: torch.device) -> Callable[[], float]:
+def time_steps(
+    make_opt: Callable[[], torch.optim.Optimizer], model: nn.Module, steps: int, device: torch.device
+) -> Callable[[], float]:
     """A closure timing ``steps`` calls of ``step()`` (seconds per step) on fresh gradients."""
     generator = torch.Generator(device=device).manual_seed(0)
     for param in model.parameters():
@@ -100,9 +102,14 @@ def main() -> None:
         count = sum(p.numel() for p in models["adam"].parameters())
         results = compare(
             {
-                "adam": time_steps(lambda: torch.optim.Adam(models["adam"].parameters()), models["adam"], steps, device),
+                "adam": time_steps(
+                    lambda: torch.optim.Adam(models["adam"].parameters()), models["adam"], steps, device
+                ),
                 "lagrangian_adam": time_steps(
-                    lambda: LagrangianAdam(models["lagrangian_adam"].parameters()), models["lagrangian_adam"], steps, device
+                    lambda: LagrangianAdam(models["lagrangian_adam"].parameters()),
+                    models["lagrangian_adam"],
+                    steps,
+                    device,
                 ),
                 **{
                     name: time_steps(
@@ -118,7 +125,10 @@ def main() -> None:
         )
         rows.append((label, count, results))
 
-    print(f"\n{'model':22} {'params':>8} {'Adam µs':>9}" + "".join(f" {name + ' µs':>17} {'ratio':>6}" for name in rows[0][2] if name != "adam"))
+    print(
+        f"\n{'model':22} {'params':>8} {'Adam µs':>9}"
+        + "".join(f" {name + ' µs':>17} {'ratio':>6}" for name in rows[0][2] if name != "adam")
+    )
     for label, count, r in rows:
         print(
             f"{label:22} {count:8d} {r['adam'] * 1e6:9.1f}"
@@ -126,8 +136,10 @@ def main() -> None:
         )
     every = kfac_step_seconds(device, args.repeats, update_interval=1)
     amortised = kfac_step_seconds(device, args.repeats, update_interval=10)
-    print(f"\nK-FAC step, CartPole actor-critic: {every * 1e3:.2f} ms (factors inverted every step), "
-          f"{amortised * 1e3:.2f} ms (every 10 steps)")
+    print(
+        f"\nK-FAC step, CartPole actor-critic: {every * 1e3:.2f} ms (factors inverted every step), "
+        f"{amortised * 1e3:.2f} ms (every 10 steps)"
+    )
 
 
 if __name__ == "__main__":
