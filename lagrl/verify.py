@@ -1,0 +1,193 @@
+"""``lagrl verify``: Bellman's fixed point and the Lagrangian-derived flows, task by task (THEORY §6).
+
+For each task (a Gymnasium env with a transition table ``P``): build the :class:`~lagrl.mdp.TabularMDP`,
+run the exact checks of :func:`lagrl.equivalence.exact_checks`, the exact solvers (value iteration,
+policy iteration, :func:`lagrl.bellman.solve`) and the flows of :mod:`lagrl.flows`, and report one row
+per method. Exact solvers must land within ``tol`` of ``V*``; flows are measured, not gated, unless
+``strict``.
+
+``V*`` is policy iteration's exact solution; the policy-iteration row is measured against value
+iteration run to ``tol/100``, so every exact row compares two different routes.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from lagrl import bellman, flows
+from lagrl.equivalence import ExactCheck, exact_checks
+from lagrl.hamiltonian import tabular_hamiltonian
+from lagrl.mdp import TabularMDP
+from lagrl.trajectory import TrajectoryWriter
+
+DEFAULT_SUITE = (
+    "FrozenLake-v1",
+    "FrozenLake8x8-v1",
+    "CliffWalking-v1",
+    "Taxi-v4",
+    "lagrl/RiverSwim-v0",
+    "lagrl/Garnet-v0:num_states=20,num_actions=4,branching=3,seed=0",
+    "lagrl/Garnet-v0:num_states=50,num_actions=5,branching=5,seed=1",
+    "lagrl/Garnet-v0:num_states=100,num_actions=4,branching=2,seed=2",
+)
+OPTIMAL_ACTION_TOLERANCE = 1e-9
+"""An action is optimal where ``H(s, a; V*) ≥ V*(s) − 1e-9·max(1, ‖V*‖∞)``."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """An env id with keyword arguments for ``gymnasium.make``: ``ID`` or ``ID:key=value,key=value``."""
+
+    env_id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> TaskSpec:
+        env_id, _, arguments = text.partition(":")
+        if not env_id:
+            raise ValueError(f"empty env id in {text!r}; use ID or ID:key=value,...")
+        kwargs = {}
+        for item in filter(None, arguments.split(",")):
+            key, equals, value = item.partition("=")
+            if not equals or not key:
+                raise ValueError(f"malformed env argument {item!r} in {text!r}; use ID:key=value,key=value")
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        return cls(env_id, kwargs)
+
+    @property
+    def label(self) -> str:
+        name = self.env_id.removeprefix("lagrl/")
+        return name + ("(" + ",".join(f"{k}={v}" for k, v in self.kwargs.items()) + ")" if self.kwargs else "")
+
+
+class Row(NamedTuple):
+    """One task × method. ``kind`` is ``"exact"`` (gated by ``tol``) or ``"flow"`` (measured)."""
+
+    task: str
+    method: str
+    kind: str
+    max_abs_dv: float
+    policy_agreement: float
+    greedy_optimal_at: int | None
+    iterations: int
+    seconds: float
+    settings: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class TaskReport(NamedTuple):
+    task: str
+    checks: list[ExactCheck]
+    rows: list[Row]
+
+
+def policy_agreement(policy: Tensor, optimal_q: Tensor, optimal_values: Tensor) -> float:
+    """Fraction of states whose greedy action (argmax of ``policy``) is an optimal action."""
+    greedy = policy.argmax(-1) if policy.is_floating_point() else policy
+    tolerance = OPTIMAL_ACTION_TOLERANCE * max(1.0, float(optimal_values.abs().amax()))
+    optimal = optimal_q >= optimal_values.unsqueeze(-1) - tolerance
+    return float(optimal.gather(-1, greedy.long().unsqueeze(-1)).to(torch.float64).mean())
+
+
+def _timed(run: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def load_task(spec: TaskSpec, *, gamma: float, device: torch.device) -> TabularMDP:
+    """The task's MDP (errors from Gymnasium or from a missing ``P`` propagate to the caller)."""
+    return TabularMDP.from_gymnasium(spec.env_id, gamma=gamma, device=device, **spec.kwargs)
+
+
+def verify_task(
+    task: str, mdp: TabularMDP, *, tol: float, writer: TrajectoryWriter | None = None, run_flows: bool = True
+) -> TaskReport:
+    """Exact checks, exact solvers and flows on one MDP; flow trajectories go to ``writer``."""
+    reference, seconds_pi = _timed(lambda: bellman.policy_iteration(mdp))
+    optimal_values = reference.values
+    optimal_q = tabular_hamiltonian(mdp, optimal_values)
+    value_iteration, seconds_vi = _timed(lambda: bellman.value_iteration(mdp, tol=tol))
+    solved, seconds_solve = _timed(lambda: bellman.solve(mdp, tol=tol))
+    cross_check = bellman.value_iteration(mdp, tol=tol / 100)
+
+    def exact_row(method: str, solution: bellman.Solution, against: Tensor, seconds: float) -> Row:
+        return Row(
+            task,
+            method,
+            "exact",
+            float((solution.values - against).abs().amax()),
+            policy_agreement(solution.policy, optimal_q, optimal_values),
+            0,
+            solution.iterations,
+            seconds,
+            {"tol": tol},
+        )
+
+    rows = [
+        exact_row("value_iteration", value_iteration, optimal_values, seconds_vi),
+        exact_row("policy_iteration", reference, cross_check.values, seconds_pi),
+        exact_row("solve", solved, optimal_values, seconds_solve),
+    ]
+    checks = exact_checks(mdp, tol=tol)
+    if run_flows:
+        for method, run in _flows(mdp, optimal_values).items():
+
+            def log(step: int, scalars: dict[str, float], method: str = method) -> None:
+                if writer is not None:
+                    writer.scalars(f"{task}/{method}", step, scalars)
+
+            result, seconds = _timed(lambda run=run, log=log: run(log))
+            rows.append(
+                Row(
+                    task,
+                    result.method,
+                    "flow",
+                    float((result.values - optimal_values).abs().amax()),
+                    policy_agreement(result.policy, optimal_q, optimal_values),
+                    result.greedy_optimal_at,
+                    result.iterations,
+                    seconds,
+                    result.settings,
+                )
+            )
+    return TaskReport(task, checks, rows)
+
+
+FLOW_SETTINGS: dict[str, dict[str, Any]] = {
+    "lp-saddle": dict(steps=2000),
+    "npg": dict(steps=200, lr=1.0),
+    "fisher-sqrt": dict(steps=500, lr=0.1),
+    "adam": dict(steps=500, lr=0.1),
+}
+"""Budgets and step sizes of the flows in ``lagrl verify`` (each row's ``settings`` repeats them).
+
+Policy flows weight states uniformly (μ uniform, like the LP): with μ = the start distribution, states
+the start never reaches get no gradient and keep the uniform policy, which dominates ``max |V − V*|``.
+"""
+
+
+def _flows(mdp: TabularMDP, reference: Tensor) -> dict[str, Callable[[flows.Callback], flows.FlowResult]]:
+    """The flows of THEORY §6 with :data:`FLOW_SETTINGS` (soft Bellman with its default τ sequence)."""
+    uniform = torch.full((mdp.num_states,), 1.0 / mdp.num_states, dtype=mdp.dtype, device=mdp.device)
+    runs: dict[str, Callable[[flows.Callback], flows.FlowResult]] = {
+        "lp-saddle": lambda callback: flows.lp_saddle(mdp, reference, callback=callback, **FLOW_SETTINGS["lp-saddle"]),
+        "soft-bellman": lambda callback: flows.soft_bellman(mdp, reference, callback=callback),
+    }
+    for method in flows.POLICY_GRADIENT_METHODS:
+        runs[method] = lambda callback, method=method: flows.policy_gradient(
+            mdp, reference, method=method, mu=uniform, callback=callback, **FLOW_SETTINGS[method]
+        )
+    return runs

@@ -1,0 +1,215 @@
+"""Tests for lagrl.flows: the policy quantities against numpy and autograd, each flow's update against
+its definition (torch.optim.Adam for the Adam flow), and every recorded number against a recomputation.
+Success is asserted where THEORY §6 expects it (NPG on FrozenLake, the LP gap shrinking, soft Bellman
+within its bound); the CliffWalking plateau is printed, not asserted."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lagrl.bellman import policy_evaluation, policy_iteration
+from lagrl.flows import (
+    FlowResult,
+    diagonal_policy_fisher,
+    entropy_regularised_evaluation,
+    lp_saddle,
+    occupancy,
+    policy_gradient,
+    soft_bellman,
+    softmax_policy_gradient,
+)
+from lagrl.hamiltonian import tabular_hamiltonian
+from lagrl.mdp import TabularMDP
+
+F64 = torch.float64
+COMMON_KEYS = {"bellman_residual", "value_error", "mu_value_error", "hamiltonian"}
+
+
+@pytest.fixture(scope="module")
+def frozen_lake() -> TabularMDP:
+    return TabularMDP.from_gymnasium("FrozenLake-v1", 0.99)
+
+
+@pytest.fixture(scope="module")
+def garnet() -> TabularMDP:
+    return TabularMDP.from_gymnasium("lagrl/Garnet-v0", 0.9, num_states=8, num_actions=3)
+
+
+def optimum(mdp: TabularMDP) -> torch.Tensor:
+    return policy_iteration(mdp).values
+
+
+def logits_for(mdp: TabularMDP, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(mdp.num_states, mdp.num_actions, generator=generator, dtype=F64).to(mdp.device)
+
+
+def recorded_numbers(mdp: TabularMDP, values, reference, mu) -> dict[str, float]:
+    """The common history entries recomputed from a flow's ``V``."""
+    best = tabular_hamiltonian(mdp, values).amax(-1)
+    return {
+        "bellman_residual": float((best - values).abs().max()),
+        "value_error": float((values - reference).abs().max()),
+        "mu_value_error": float(mu @ (values - reference).abs()),
+        "hamiltonian": float(mu @ best),
+    }
+
+
+def assert_history_shape(result: FlowResult, keys: set[str]) -> None:
+    assert set(result.history) == keys
+    assert all(len(series) == result.iterations + 1 for series in result.history.values())
+
+
+# --- policy quantities ----------------------------------------------------------------------------
+
+
+def test_occupancy_solves_the_flow_constraint(garnet, device):
+    mdp = garnet.to(device)
+    policy = torch.softmax(logits_for(mdp), -1)
+    mu = torch.softmax(logits_for(mdp, 1)[:, 0], -1)
+    d = occupancy(mdp, policy, mu).cpu().numpy()
+    P = mdp.transitions.cpu().numpy()
+    np.testing.assert_allclose(d.sum(-1), mu.cpu().numpy() + mdp.gamma * np.einsum("sat,sa->t", P, d), atol=1e-12)
+    assert d.sum() == pytest.approx(1 / (1 - mdp.gamma))
+    np.testing.assert_allclose(d / d.sum(-1, keepdims=True), policy.cpu().numpy(), atol=1e-12)
+
+
+def test_entropy_regularised_evaluation(garnet):
+    policy, tau = torch.softmax(logits_for(garnet), -1), 0.2
+    torch.testing.assert_close(entropy_regularised_evaluation(garnet, policy, 0.0), policy_evaluation(garnet, policy))
+    P_pi = np.einsum("sa,sat->st", policy.numpy(), garnet.transitions.numpy())
+    rewards = (policy.numpy() * (garnet.rewards.numpy() - tau * np.log(policy.numpy()))).sum(-1)
+    expected = np.linalg.solve(np.eye(garnet.num_states) - garnet.gamma * P_pi, rewards)
+    np.testing.assert_allclose(entropy_regularised_evaluation(garnet, policy, tau).numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.3])
+def test_policy_gradient_closed_form_matches_autograd(garnet, device, tau):
+    mdp = garnet.to(device)
+    logits, mu = logits_for(mdp), mdp.start
+    theta = logits.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(mu @ entropy_regularised_evaluation(mdp, torch.softmax(theta, -1), tau), theta)
+    torch.testing.assert_close(softmax_policy_gradient(mdp, logits, mu, tau), expected, rtol=1e-10, atol=1e-12)
+
+
+# --- policy-gradient flows ------------------------------------------------------------------------
+
+
+def test_npg_reaches_the_optimal_greedy_policy_on_frozen_lake(frozen_lake, device):
+    mdp = frozen_lake.to(device)
+    reference = optimum(mdp)
+    result = policy_gradient(mdp, reference, method="npg", steps=400)
+    assert_history_shape(result, COMMON_KEYS | {"policy_entropy"})
+    assert result.greedy_optimal_at is not None and result.greedy_optimal_at <= 400
+    assert result.history["value_error"][-1] < result.history["value_error"][0] / 10
+    assert result.settings["lr"] == pytest.approx(1 - mdp.gamma)
+
+
+@pytest.mark.parametrize("method", ["npg", "fisher-sqrt", "adam"])
+def test_policy_gradient_history_is_consistent(frozen_lake, method):
+    reference = optimum(frozen_lake)
+    seen: list[tuple[int, dict[str, float]]] = []
+    result = policy_gradient(
+        frozen_lake, reference, method=method, steps=30, callback=lambda k, numbers: seen.append((k, numbers))
+    )
+    assert result.method == method and result.iterations == 30
+    assert [k for k, _ in seen] == list(range(31))
+    assert {name: [numbers[name] for _, numbers in seen] for name in result.history} == result.history
+    values = policy_evaluation(frozen_lake, result.policy)
+    torch.testing.assert_close(result.values, values)
+    last = {name: series[-1] for name, series in result.history.items()}
+    for name, number in recorded_numbers(frozen_lake, values, reference, frozen_lake.start).items():
+        assert last[name] == pytest.approx(number, rel=1e-9, abs=1e-12), name
+    visitation = (1 - frozen_lake.gamma) * occupancy(frozen_lake, result.policy, frozen_lake.start).sum(-1)
+    entropy = -torch.special.xlogy(result.policy, result.policy).sum(-1)
+    assert last["policy_entropy"] == pytest.approx(float(visitation @ entropy), rel=1e-9)
+    assert result.history["mu_value_error"][-1] < result.history["mu_value_error"][0]  # J improved
+
+
+def test_fisher_sqrt_step_is_gradient_over_root_fisher(garnet):
+    lr, eps = 0.3, 1e-12
+    result = policy_gradient(garnet, optimum(garnet), method="fisher-sqrt", steps=1, lr=lr, eps=eps)
+    zero = torch.zeros(garnet.num_states, garnet.num_actions, dtype=F64)
+    fisher = diagonal_policy_fisher(garnet, zero, garnet.start)
+    step = lr * softmax_policy_gradient(garnet, zero, garnet.start) / (fisher + eps).sqrt()
+    torch.testing.assert_close(result.policy, torch.softmax(step, -1), rtol=1e-12, atol=1e-14)
+
+
+def test_adam_flow_is_torch_adam_on_the_exact_gradient(garnet):
+    result = policy_gradient(garnet, optimum(garnet), method="adam", steps=5, lr=0.05)
+    theta = torch.zeros(garnet.num_states, garnet.num_actions, dtype=F64, requires_grad=True)
+    adam = torch.optim.Adam([theta], lr=0.05, maximize=True, foreach=False)
+    for _ in range(5):
+        theta.grad = softmax_policy_gradient(garnet, theta.detach(), garnet.start)
+        adam.step()
+    torch.testing.assert_close(result.policy, torch.softmax(theta.detach(), -1), rtol=0, atol=1e-15)
+
+
+def test_cliff_walking_plateau_is_reported():
+    """THEORY §6: softmax policy gradients plateau near the cliff. Printed (pytest -s), not asserted."""
+    mdp = TabularMDP.from_gymnasium("CliffWalking-v1", 0.99)
+    reference = optimum(mdp)
+    result = policy_gradient(mdp, reference, method="adam", steps=300)
+    start = int(mdp.start.argmax())
+    error_at_start = float(reference[start] - result.values[start])
+    print(
+        f"\nCliffWalking adam lr=0.1, 300 steps: greedy optimal at {result.greedy_optimal_at}, "
+        f"‖V^π − V*‖∞ = {result.history['value_error'][-1]:.3g}, V*(start) − V^π(start) = {error_at_start:.3g}"
+    )
+    assert result.history["mu_value_error"][-1] == pytest.approx(error_at_start, rel=1e-9)
+    assert result.history["value_error"][-1] == pytest.approx(float((result.values - reference).abs().max()))
+
+
+# --- LP saddle and soft Bellman -------------------------------------------------------------------
+
+
+def test_lp_saddle_duality_gap_decreases(frozen_lake, device):
+    mdp = frozen_lake.to(device)
+    reference = optimum(mdp)
+    result = lp_saddle(mdp, reference, steps=300)
+    assert_history_shape(result, COMMON_KEYS | {"lagrangian", "duality_gap"})
+    gaps = result.history["duality_gap"]
+    assert min(gaps) >= -1e-12  # a gap between an upper and a lower bound on μᵀV*
+    assert max(gaps[-50:]) < gaps[0] / 5
+    mu = torch.full_like(reference, 1 / mdp.num_states)
+    last = {name: series[-1] for name, series in result.history.items()}
+    for name, number in recorded_numbers(mdp, result.values, reference, mu).items():
+        assert last[name] == pytest.approx(number, rel=1e-9, abs=1e-12), name
+    violation = max(0.0, float((tabular_hamiltonian(mdp, result.values) - result.values[:, None]).max()))
+    lower = float(mu @ policy_evaluation(mdp, result.policy))
+    assert last["duality_gap"] == pytest.approx(float(mu @ result.values) + violation / 0.01 - lower, rel=1e-9)
+
+
+def test_soft_bellman_stays_within_the_legendre_bound(frozen_lake, device):
+    mdp = frozen_lake.to(device)
+    reference = optimum(mdp)
+    result = soft_bellman(mdp, reference)
+    assert_history_shape(result, COMMON_KEYS | {"tau", "bound", "policy_entropy", "solver_iterations"})
+    history = result.history
+    assert history["tau"] == list(result.settings["taus"])
+    for tau, bound, error in zip(history["tau"], history["bound"], history["value_error"]):
+        assert bound == pytest.approx(tau * math.log(4) / (1 - mdp.gamma))
+        assert error <= bound + 1e-9
+    assert all(later <= earlier + 1e-9 for earlier, later in zip(history["value_error"], history["value_error"][1:]))
+    assert result.greedy_optimal_at is not None
+    assert float((result.values - reference).abs().max()) == pytest.approx(history["value_error"][-1])
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_flows_name_what_is_wrong(frozen_lake):
+    reference = optimum(frozen_lake)
+    with pytest.raises(ValueError, match="unknown method 'sgd'; choose one of"):
+        policy_gradient(frozen_lake, reference, method="sgd")
+    with pytest.raises(ValueError, match="reference must be V"):
+        lp_saddle(frozen_lake, reference[:-1])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        soft_bellman(frozen_lake, reference, taus=(0.1, 0.2))
+    sparse = TabularMDP(frozen_lake.transitions.to_sparse(), frozen_lake.rewards, 0.99)
+    with pytest.raises(ValueError, match="dense MDP"):
+        policy_gradient(sparse, reference, method="npg")
+    with pytest.raises(ValueError, match="mu must be a probability distribution"):
+        lp_saddle(frozen_lake, reference, mu=torch.ones(frozen_lake.num_states, dtype=F64))
