@@ -137,20 +137,21 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _print_reports(reports: list[TaskReport], args: argparse.Namespace) -> None:
+    width = max([4] + [len(report.task) for report in reports])
+    check_width = max([5] + [len(check.name) for report in reports for check in report.checks])
     print(f"Exact checks (THEORY §6), gamma={args.gamma:g}, tol={args.tol:g}, {args.device}")
-    print(f"{'task':34} {'check':62} {'residual':>10} {'tolerance':>10}  result")
+    print(f"{'task':{width}} {'check':{check_width}} {'residual':>10} {'tolerance':>10}  result")
     for report in reports:
         for check in report.checks:
-            result = "ok" if check.passed else "FAIL"
-            print(f"{report.task:34} {check.name:62} {check.residual:10.2e} {check.tolerance:10.1e}  {result}")
-    print(
-        f"\n{'task':34} {'method':17} {'kind':5} {'max|V-V*|':>10} {'agree':>6} {'optimal@':>8} {'iters':>7} {'sec':>7}"
-    )
+            numbers = f"{check.residual:10.2e} {check.tolerance:10.1e}  {'ok' if check.passed else 'FAIL'}"
+            print(f"{report.task:{width}} {check.name:{check_width}} {numbers}")
+    columns = f"{'max|V-V*|':>10} {'agree':>6} {'optimal@':>8} {'iters':>7} {'sec':>7}"
+    print(f"\n{'task':{width}} {'method':16} {'kind':5} {columns}")
     for report in reports:
         for row in report.rows:
             optimal_at = "-" if row.greedy_optimal_at is None else str(row.greedy_optimal_at)
             print(
-                f"{row.task:34} {row.method:17} {row.kind:5} {row.max_abs_dv:10.2e} {row.policy_agreement:6.3f} "
+                f"{row.task:{width}} {row.method:16} {row.kind:5} {row.max_abs_dv:10.2e} {row.policy_agreement:6.3f} "
                 f"{optimal_at:>8} {row.iterations:7d} {row.seconds:7.3f}"
             )
 
