@@ -253,16 +253,28 @@ class TabularMDP:
                 )
 
     def _states_that_cannot_terminate(self) -> list[int]:
-        """States from which no absorbing zero-reward state is reachable (in any batch element)."""
-        dense = self.transitions.to_dense() if self.is_sparse else self.transitions
-        dense = dense.reshape((-1,) + tuple(dense.shape[-3:]))
-        rewards = self.rewards.reshape((-1,) + tuple(self.rewards.shape[-2:]))
+        """States from which no absorbing zero-reward state is reachable (in any batch element).
+
+        A backward search over the edges ``s → s'`` with ``P(s'|s, a) > 0`` for some ``a``, on the
+        nonzero entries only, so a sparse MDP is never densified.
+        """
+        if self.is_sparse:
+            members = [(self.transitions.indices(), self.transitions.values(), self.rewards)]
+        else:
+            dense = self.transitions.reshape((-1,) + tuple(self.transitions.shape[-3:]))
+            rewards = self.rewards.reshape((-1,) + tuple(self.rewards.shape[-2:]))
+            members = [(p.nonzero().T, p[p != 0], r) for p, r in zip(dense, rewards)]
         stuck: set[int] = set()
-        for transitions, reward in zip(dense, rewards):
-            self_loops = transitions.diagonal(dim1=0, dim2=2)  # (A, S): P[s, a, s]
-            reach = (self_loops == 1).all(0) & (reward == 0).all(-1)  # the absorbing zero-reward states
-            edges = (transitions > 0).any(1)  # s -> s' under some action
-            while not torch.equal(grown := reach | (edges & reach).any(1), reach):
+        for (source, _, target), probability, reward in members:
+            certain_loops = source[(source == target) & (probability == 1)]  # P[s, a, s] = 1
+            loops_per_state = torch.bincount(certain_loops, minlength=self.num_states)
+            reach = (loops_per_state == self.num_actions) & (reward == 0).all(-1)  # absorbing, zero reward
+            source, target = source[probability > 0], target[probability > 0]
+            while True:
+                grown = reach.clone()
+                grown[source[reach[target]]] = True
+                if torch.equal(grown, reach):
+                    break
                 reach = grown
             stuck |= set(torch.nonzero(~reach).flatten().tolist())
         return sorted(stuck)
