@@ -167,7 +167,7 @@ def verify_task(
 
 
 FLOW_SETTINGS: dict[str, dict[str, Any]] = {
-    "lp-saddle": dict(steps=2000),
+    "lp-saddle": dict(steps=1000),
     "npg": dict(steps=200, lr=1.0),
     "fisher-sqrt": dict(steps=500, lr=0.1),
     "adam": dict(steps=500, lr=0.1),
