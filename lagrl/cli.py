@@ -150,6 +150,7 @@ def _print_reports(reports: list[TaskReport], args: argparse.Namespace) -> None:
     for report in reports:
         for row in report.rows:
             optimal_at = "-" if row.greedy_optimal_at is None else str(row.greedy_optimal_at)
+            optimal_at = "n/a" if row.kind == "exact" else optimal_at
             print(
                 f"{row.task:{width}} {row.method:16} {row.kind:5} {row.max_abs_dv:10.2e} {row.policy_agreement:6.3f} "
                 f"{optimal_at:>8} {row.iterations:7d} {row.seconds:7.3f}"

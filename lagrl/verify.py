@@ -71,7 +71,11 @@ class TaskSpec:
 
 
 class Row(NamedTuple):
-    """One task × method. ``kind`` is ``"exact"`` (gated by ``tol``) or ``"flow"`` (measured)."""
+    """One task × method. ``kind`` is ``"exact"`` (gated by ``tol``) or ``"flow"`` (measured).
+
+    ``greedy_optimal_at`` is a flow's first iteration whose greedy policy is optimal (``None``: never
+    within the budget, or an exact solver, which does not track it).
+    """
 
     task: str
     method: str
@@ -130,7 +134,7 @@ def verify_task(
             "exact",
             float((solution.values - against).abs().amax()),
             policy_agreement(solution.policy, optimal_q, optimal_values),
-            0,
+            None,  # exact solvers do not track when their greedy policy became optimal
             solution.iterations,
             seconds,
             {"tol": tol},

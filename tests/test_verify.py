@@ -66,3 +66,13 @@ def test_task_spec_parses_keyword_arguments():
     assert spec.env_id == "lagrl/Garnet-v0"
     assert spec.kwargs == {"num_states": 30, "seed": 4, "name": "x"}
     assert spec.label == "Garnet-v0(num_states=30,seed=4,name=x)"
+
+
+def test_strict_fails_when_a_flow_misses_the_optimal_policy(tmp_path):
+    """On this Garnet the LP saddle does not reach the optimal greedy policy within its budget."""
+    argv = ["verify", "--env", "lagrl/Garnet-v0:num_states=10,seed=3", "--json", str(tmp_path / "rows.json")]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    missed = [row["method"] for row in rows if row["kind"] == "flow" and row["greedy_optimal_at"] is None]
+    assert missed, "the test needs a flow that misses; choose another task"
+    assert main(argv + ["--strict"]) == 1
