@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from lagrl.bellman import policy_evaluation, soft_value_iteration
+from lagrl.bellman import policy_evaluation, soft_policy_iteration
 from lagrl.hamiltonian import tabular_hamiltonian
 from lagrl.legendre import softmax_policy
 from lagrl.mdp import TabularMDP
@@ -605,7 +605,7 @@ def soft_bellman(
 ) -> FlowResult:
     r"""Soft value iteration (the Legendre side, THEORY §4) along a decreasing sequence τ → 0.
 
-    For each τ, :func:`~lagrl.bellman.soft_value_iteration` finds ``V_τ*`` (to ``tol``), warm-started from
+    For each τ, :func:`~lagrl.bellman.soft_policy_iteration` finds ``V_τ*`` (to ``tol``), warm-started from
     the previous τ's ``V_τ``; point ``k`` records ``V = V_τ`` for ``τ = taus[k]``, the policy
     ``softmax(Q_τ/τ)``, ``value_error = ‖V_τ − V*‖∞`` next to the bound
     ``bound = τ log|A| / (1 − γ)`` (``0 ≤ V_τ* − V* ≤ bound``) and the solver's iteration count
@@ -615,14 +615,10 @@ def soft_bellman(
         raise ValueError(f"taus must be a non-empty, strictly decreasing sequence of positive numbers, got {taus}")
     mdp, reference = _prepare(mdp, reference)
     model = _Model(mdp)
-    if model.rows.layout == torch.sparse_csr:  # the solver's sweeps then use sparse products too
-        solver_mdp = TabularMDP(mdp.transitions.to_sparse(), mdp.rewards, mdp.gamma, mdp.start, validate=False)
-    else:
-        solver_mdp = mdp
     record = _Recorder(model, reference, mdp.start, callback)
     values = None
     for k, tau in enumerate(taus):
-        solution = soft_value_iteration(solver_mdp, tau, tol, values=values)
+        solution = soft_policy_iteration(mdp, tau, tol, values=values)
         values = solution.values
         policy = softmax_policy(solution.q_values, tau)
         bound = tau * math.log(mdp.num_actions) / (1 - mdp.gamma)

@@ -17,6 +17,7 @@ from lagrl.bellman import (
     bellman_backup,
     policy_evaluation,
     policy_iteration,
+    soft_policy_iteration,
     soft_value_iteration,
     solve,
     value_iteration,
@@ -327,6 +328,34 @@ def test_soft_values_lie_within_the_entropy_bound(device, tau):
         soft_backup = tau * torch.logsumexp(soft.q_values / tau, dim=-1)  # V_τ = τ log Σ_a exp(Q_τ/τ)
         torch.testing.assert_close(soft_backup, soft.values, rtol=0, atol=1e-9)
         assert_consistent(mdp, soft)
+
+
+@pytest.mark.parametrize("tau", [0.001, 0.01, 1.0])
+def test_soft_policy_iteration_reaches_soft_value_iterations_fixed_point(device, tau):
+    """Both routes land within their certificates of V_τ*; a tight soft VI is the reference."""
+    cases = (
+        gym_mdp("FrozenLake-v1").to(device),
+        gym_mdp("CliffWalking-v1").to(device),
+        random_mdp(3, states=8, actions=4, gamma=0.95, device=device),
+    )
+    for mdp in cases:
+        reference = soft_value_iteration(mdp, tau, 1e-12)
+        solution = soft_policy_iteration(mdp, tau, 1e-9)
+        assert (solution.error_bound <= 1e-9).all()
+        error = (solution.values - reference.values).abs().amax(-1)
+        assert (error <= solution.error_bound + reference.error_bound + 1e-12).all()
+        assert solution.iterations < reference.iterations
+        assert_consistent(mdp, solution)
+
+
+def test_soft_policy_iteration_on_a_sparse_mdp_falls_back_to_sweeps():
+    dense = random_mdp(states=12, actions=3, gamma=0.9, seed=5)
+    sparse = TabularMDP(dense.transitions.to_sparse(), dense.rewards, dense.gamma)
+    torch.testing.assert_close(
+        soft_policy_iteration(sparse, 0.1, 1e-10).values, soft_policy_iteration(dense, 0.1, 1e-10).values
+    )
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        soft_policy_iteration(dense, 0.0)
 
 
 # ---------------------------------------------------------------------------------------- policy iteration
