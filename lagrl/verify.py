@@ -37,8 +37,6 @@ DEFAULT_SUITE = (
     "lagrl/Garnet-v0:num_states=50,num_actions=5,branching=5,seed=1",
     "lagrl/Garnet-v0:num_states=100,num_actions=4,branching=2,seed=2",
 )
-OPTIMAL_ACTION_TOLERANCE = 1e-9
-"""An action is optimal where ``H(s, a; V*) ≥ V*(s) − 1e-9·max(1, ‖V*‖∞)``."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +96,13 @@ class TaskReport(NamedTuple):
 
 
 def policy_agreement(policy: Tensor, optimal_q: Tensor, optimal_values: Tensor) -> float:
-    """Fraction of states whose greedy action (argmax of ``policy``) is an optimal action."""
+    """Fraction of states whose greedy action (argmax of ``policy``) is an optimal action.
+
+    An action is optimal where ``H(s, a; V*) ≥ V*(s) − tolerance·max(1, ‖V*‖∞)``, with the flows'
+    :data:`~lagrl.flows.GREEDY_OPTIMALITY_TOLERANCE`.
+    """
     greedy = policy.argmax(-1) if policy.is_floating_point() else policy
-    tolerance = OPTIMAL_ACTION_TOLERANCE * max(1.0, float(optimal_values.abs().amax()))
+    tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * max(1.0, float(optimal_values.abs().amax()))
     optimal = optimal_q >= optimal_values.unsqueeze(-1) - tolerance
     return float(optimal.gather(-1, greedy.long().unsqueeze(-1)).to(torch.float64).mean())
 
