@@ -42,7 +42,6 @@ The MDP must be one dense, stationary, discounted (γ < 1) MDP; computation is f
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -202,12 +201,6 @@ def natural_policy_gradient_step(mdp: TabularMDP, logits: Tensor, eta: float, ta
 # The flows' per-step linear algebra
 # ---------------------------------------------------------------------------------------------------
 
-SPARSE_MIN_ENTRIES = 2**15
-SPARSE_MAX_DENSITY = 0.05
-"""The flows use a sparse CSR ``(S·A, S)`` transition matrix when it has at least ``SPARSE_MIN_ENTRIES``
-entries of which at most ``SPARSE_MAX_DENSITY`` are nonzero (one CPU thread, measured: on Taxi a CSR
-matrix–vector product costs 1/20 of the dense one; below ~30k entries the dense one is never slower)."""
-
 MIN_BLOCK = 64
 """Smallest diagonal block (in states) of the block-triangular solves, except for the last; MDPs with
 fewer than ``2 · MIN_BLOCK`` states are solved as one block."""
@@ -224,7 +217,7 @@ class _Model:
     """One dense MDP's arrays laid out for the flows' steps (built once per flow call).
 
     - ``H(·, ·; V) = r + γPV`` is one GEMV on the ``(S·A, S)`` view of ``P``, sparse CSR where
-      :data:`SPARSE_MIN_ENTRIES` and :data:`SPARSE_MAX_DENSITY` say so;
+      :meth:`~lagrl.mdp.TabularMDP.transition_rows` chooses it;
     - ``I − γP_π`` is assembled from the nonzero transitions and factored once per policy; the same factors
       give ``V^π`` (``(I − γP_π)V = r_π``) and the occupancy (the transposed system).
     - States are ordered so that ``I − γP_π`` is block lower triangular for every policy: the strongly
@@ -241,12 +234,7 @@ class _Model:
         self.flat_rewards = mdp.rewards.reshape(-1)
         pairs, targets = flat.nonzero().unbind(-1)  # the (s·A + a, s') of every nonzero P(s'|s, a)
         self.pairs, self.probabilities = pairs, flat[pairs, targets]
-        if flat.numel() >= SPARSE_MIN_ENTRIES and len(pairs) <= SPARSE_MAX_DENSITY * flat.numel():
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self.rows = flat.to_sparse_csr()
-        else:
-            self.rows = flat
+        self.rows = mdp.transition_rows()
         sources = torch.div(pairs, actions, rounding_mode="floor")
         self.order, self.blocks = _triangular_blocks(sources, targets, states)
         self.rank = torch.empty_like(self.order)
