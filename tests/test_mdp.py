@@ -264,3 +264,16 @@ def test_from_gymnasium_taxi_start_distribution():
     assert (mdp.num_states, mdp.num_actions) == (501, 6)
     assert int((mdp.start > 0).sum()) == 300 and mdp.start[500] == 0
     assert mdp.start.sum().item() == pytest.approx(1.0)
+
+
+def test_transition_rows_are_csr_for_large_sparse_tables_and_equal_the_dense_view():
+    taxi = TabularMDP.from_gymnasium("Taxi-v4", gamma=0.99)
+    rows = taxi.transition_rows()
+    assert rows.layout == torch.sparse_csr
+    dense_view = taxi.transitions.reshape(taxi.num_states * taxi.num_actions, taxi.num_states)
+    assert torch.equal(rows.to_dense(), dense_view)
+    small = TabularMDP.from_gymnasium("FrozenLake-v1", gamma=0.99)
+    assert small.transition_rows().layout == torch.strided
+    batch = TabularMDP(torch.stack([small.transitions] * 2), torch.stack([small.rewards] * 2), 0.99)
+    with pytest.raises(ValueError, match="index the batch first"):
+        batch.transition_rows()
