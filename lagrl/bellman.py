@@ -96,11 +96,10 @@ class _Dynamics:
         self.value_shape = mdp.batch_shape + (states,)
         self.q_shape = mdp.batch_shape + (states, actions)
         self.batched = bool(mdp.batch_shape)
-        if mdp.is_sparse:
-            self.matrix = mdp.transition_rows()  # CSR (S·A, S), cached on the MDP
-        else:
+        # The unbatched (S·A, S) matrix, CSR for sparse or large sparse-valued tables (chosen by the MDP).
+        self.matrix = None if self.batched else mdp.transition_rows()
+        if not mdp.is_sparse:
             self.rows = mdp.transitions.reshape(-1, states * actions, states)
-            self.matrix = self.rows[0] if self.batched else mdp.transition_rows()  # unbatched: maybe CSR
             self.flat_rows = mdp.transitions.reshape(-1, states)  # (B·S·A, S)
         self.flat_shape = (-1, states * actions) if self.batched else (states * actions,)
         self.flat_rewards = None if mdp.time_indexed else mdp.rewards.reshape(self.flat_shape)

@@ -54,6 +54,12 @@ def fractional_power(values: Tensor, rho: float) -> Tensor:
     return values.log().mul_(rho).exp_()
 
 
+def _parameter_name(group: dict[str, Any], index: int) -> str:
+    """The name of ``group["params"][index]`` (from named parameters), else its index and shape."""
+    names = group.get("param_names")
+    return names[index] if names else f"#{index} (shape {list(group['params'][index].shape)})"
+
+
 class NonFiniteGradientError(FloatingPointError):
     """A gradient holds NaN or inf; no parameter or state was changed by the step that found it."""
 
@@ -225,12 +231,11 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         # huge finite gradient, which the exact check below then clears).
         if math.isfinite(torch.stack(torch._foreach_norm([p.grad for p in params])).sum().item()):
             return
-        names = group.get("param_names")
         for index, param in enumerate(group["params"]):
             if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-                name = names[index] if names else f"#{index} (shape {list(param.shape)})"
                 raise NonFiniteGradientError(
-                    f"gradient of parameter {name} in param group {self.param_groups.index(group)} "
+                    f"gradient of parameter {_parameter_name(group, index)} in param group "
+                    f"{self.param_groups.index(group)} "
                     "holds NaN or inf; nothing was updated. Check the loss for NaN/inf (log of 0, "
                     "division by 0, exploding values), lower lr or clip gradients"
                 )
@@ -273,10 +278,9 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         grad = param.grad if not group["maximize"] else -param.grad
         grad = self._decay(group, param, grad)
         direction = self._gradient_estimate(group, state, grad)
-        beta1, beta2 = group["betas"]
-        rho = group["rho"]
-        bias_correction = group["bias_correction"]
-        step_size = group["lr"] / (1 - beta1**step) if bias_correction else group["lr"]
+        beta2, rho = group["betas"][1], group["rho"]
+        bc1, bc2 = self._bias_corrections(group, step)
+        step_size = group["lr"] / bc1
         if rho == 0:
             param.add_(direction, alpha=-step_size)
             return
@@ -290,8 +294,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             fisher = torch.maximum(state["max_exp_avg_sq"], fisher, out=state["max_exp_avg_sq"])
         root = fractional_power(fisher, rho)
-        if bias_correction:
-            root.div_((1 - beta2**step) ** rho)  # in place: the same values as Adam's `/`, one buffer fewer
+        if group["bias_correction"]:
+            root.div_(bc2**rho)  # in place: the same values as Adam's `/`, one buffer fewer
         param.addcdiv_(direction, root.add_(group["eps"]), value=-step_size)
 
     def _bias_corrections(self, group: dict[str, Any], step: float) -> tuple[float, float]:
@@ -305,21 +309,16 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         params = group["params"]
         missing = [i for i, p in enumerate(params) if p.grad is None]
         if missing:
-            names = group.get("param_names")
-            name = names[missing[0]] if names else f"#{missing[0]} (shape {list(params[missing[0]].shape)})"
             raise ValueError(
-                f"parameter {name} has no gradient, but fisher='full' needs every parameter's "
-                "gradient: make the loss depend on it, or leave it out of this param group"
+                f"parameter {_parameter_name(group, missing[0])} has no gradient, but fisher='full' needs every "
+                "parameter's gradient: make the loss depend on it, or leave it out of this param group"
             )
         flat = torch.cat([p.reshape(-1) for p in params])
         grad = torch.cat([p.grad.reshape(-1) for p in params])
         grad = -grad if group["maximize"] else grad
         state = self.state[params[0]]
         (step,) = self._advance_steps([params[0]])
-        if group["decoupled_weight_decay"]:
-            self._decay(group, flat, grad)
-        else:
-            grad = self._decay(group, flat, grad)
+        grad = self._decay(group, flat, grad)  # decoupled decay scales `flat`, copied back below
         direction = self._gradient_estimate(group, state, grad)
         bc1, bc2 = self._bias_corrections(group, step)
         if group["rho"] == 0:
