@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lagrl.bellman import policy_evaluation, policy_iteration, soft_value_iteration, value_iteration
-from lagrl.flows import entropy_regularised_evaluation, natural_policy_gradient_step, occupancy
+from lagrl.flows import entropy_regularised_evaluation, natural_policy_gradient_step, occupancy, value_scale
 from lagrl.hamiltonian import bellman_optimality_residual, tabular_hamiltonian
 from lagrl.mdp import TabularMDP
 from lagrl.optim import LagrangianAdam, LagrangianRMSprop
@@ -111,11 +111,6 @@ SOFT_POLICY_CHANGE = 1e-12
 """Soft policy iteration stops once no probability changes by more than this (round-off is ≈ 1e-14)."""
 
 
-def _scale(values: Tensor) -> float:
-    """``max(1, ‖V‖∞)``: the scale relative tolerances are measured against."""
-    return max(1.0, float(values.abs().amax()))
-
-
 def stationarity_check(mdp: TabularMDP, values: Tensor, *, solver: str, tolerance: float) -> ExactCheck:
     """Item 1 (solver certificate): ``‖V − max_a H(·, a; V)‖∞`` for ``V`` claimed to be ``V*``."""
     residual = float(bellman_optimality_residual(mdp, values))
@@ -143,7 +138,7 @@ def lp_duality_checks(
     slack = values.unsqueeze(-1) - hamiltonian
     inflow = mdp.gamma * torch.einsum("sat,sa->t", mdp.transitions, occupancy)
     flow = occupancy.sum(-1) - mu - inflow
-    scale, mass = _scale(values), 1.0 / (1.0 - mdp.gamma)
+    scale, mass = value_scale(values), 1.0 / (1.0 - mdp.gamma)
     return [
         ExactCheck("LP primal feasibility V* ≥ H(·,·;V*)", max(0.0, -float(slack.amin())), rtol * scale),
         ExactCheck(
@@ -171,7 +166,7 @@ def npg_policy_iteration_check(mdp: TabularMDP, logits: Tensor, *, rtol: float =
     """
     policy = torch.softmax(logits, dim=-1)
     q = tabular_hamiltonian(mdp, policy_evaluation(mdp, policy))
-    scale = _scale(q)
+    scale = value_scale(q)
     stepped = torch.softmax(natural_policy_gradient_step(mdp, logits, 1e12 * (1 - mdp.gamma) / scale), dim=-1)
     residual = float((q.amax(-1) - (stepped * q).sum(-1)).amax())
     return ExactCheck("NPG η→∞ step = policy-iteration step (greedy in Q^π)", residual, rtol * scale)
@@ -280,7 +275,7 @@ def fisher_sqrt_checks(mdp: TabularMDP, q_values: Tensor, mu: Tensor) -> list[Ex
     Adam's empirical normalisation ``m̂/(√v̂ + ε)`` does not vanish here: on a steady gradient it tends to
     ``sign(g)`` whatever ``|g|``, so an Adam flow settles only with a decaying step (THEORY §6 item 5).
     """
-    scale = _scale(q_values.amax(-1))
+    scale = value_scale(q_values.amax(-1))
     gaps = q_values.amax(-1, keepdim=True) - q_values
     gaps = gaps[gaps > TIE_RTOL * scale]
     first = max(float(gaps.amin()) if gaps.numel() else scale, 1e-6 * scale)
@@ -339,7 +334,7 @@ def exact_checks(mdp: TabularMDP, *, tol: float = 1e-6, tau: float = 0.1) -> lis
         raise ValueError(f"tau must be > 0 (the entropy temperature of checks 3 and 4), got {tau}")
     mdp = mdp.to(dtype=torch.float64)
     optimum = policy_iteration(mdp)
-    scale = _scale(optimum.values)
+    scale = value_scale(optimum.values)
     value_solution = value_iteration(mdp, tol * scale / (1 + mdp.gamma))
     mu = torch.full_like(optimum.values, 1.0 / mdp.num_states)
     generator = torch.Generator().manual_seed(0)

@@ -66,6 +66,7 @@ __all__ = [
     "policy_gradient",
     "soft_bellman",
     "softmax_policy_gradient",
+    "value_scale",
 ]
 
 Callback = Callable[[int, dict[str, float]], None]
@@ -363,12 +364,17 @@ def _distribution(mdp: TabularMDP, mu: Tensor | None, default: Tensor, name: str
     return mu
 
 
+def value_scale(values: Tensor) -> float:
+    """``max(1, ‖V‖∞)``: the scale that relative tolerances on values are measured against."""
+    return max(1.0, float(values.abs().amax()))
+
+
 class _Recorder:
     """History, callback and the first greedy-optimal point of one flow."""
 
     def __init__(self, model: _Model, reference: Tensor, mu: Tensor, callback: Callback | None) -> None:
         self.model, self.reference, self.mu, self.callback = model, reference, mu, callback
-        self.scale = max(1.0, float(reference.abs().max()))
+        self.scale = value_scale(reference)
         self.history: dict[str, list[float]] = {}
         self.greedy_optimal_at: int | None = None
         self._checked: Tensor | None = None  # the last greedy policy found not optimal

@@ -102,7 +102,7 @@ def policy_agreement(policy: Tensor, optimal_q: Tensor, optimal_values: Tensor) 
     :data:`~lagrl.flows.GREEDY_OPTIMALITY_TOLERANCE`.
     """
     greedy = policy.argmax(-1) if policy.is_floating_point() else policy
-    tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * max(1.0, float(optimal_values.abs().amax()))
+    tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * flows.value_scale(optimal_values)
     optimal = optimal_q >= optimal_values.unsqueeze(-1) - tolerance
     return float(optimal.gather(-1, greedy.long().unsqueeze(-1)).to(torch.float64).mean())
 
