@@ -181,6 +181,12 @@ class KroneckerFisher:
 Fisher = DiagonalFisher | DenseFisher | KroneckerFisher
 
 
+def kfac_inputs(layer: nn.Linear, inputs: Tensor) -> Tensor:
+    """Rows ``a`` of K-FAC's input factor ``A = E[a aᵀ]``: ``(N, in)``, plus a trailing 1 where ``layer`` has a bias."""
+    rows = inputs.detach().reshape(-1, layer.in_features)
+    return rows if layer.bias is None else torch.cat([rows, rows.new_ones(len(rows), 1)], dim=1)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Estimators (Eqs. 23–24)
 # ---------------------------------------------------------------------------------------------------
@@ -415,11 +421,9 @@ def _kfac(
             handle.remove()
     result = {}
     for name, layer in layers.items():
-        a, delta = acts[name], deltas[name]
+        a, delta = kfac_inputs(layer, acts[name]), deltas[name]
         if not bool(torch.isfinite(delta).all()):
             raise ValueError(f"the gradient of log p w.r.t. the output of layer '{name}' contains NaN or inf")
-        if layer.bias is not None:
-            a = torch.cat([a, a.new_ones(len(a), 1)], dim=1)
         result[name] = KroneckerFisher(_weighted_gram(a, weights), _weighted_gram(delta, weights))
     return result
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
-from lagrl.fisher import KroneckerFisher, spd_power
+from lagrl.fisher import KroneckerFisher, kfac_inputs, spd_power
 
 FISHER_FORMS = ("diagonal", "full", "kfac")
 
@@ -186,9 +186,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
     def _record_layer(self, module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         if not (torch.is_grad_enabled() and output.requires_grad):
             return
-        activations = inputs[0].detach().reshape(-1, module.in_features)
-        if module.bias is not None:
-            activations = torch.cat([activations, activations.new_ones(len(activations), 1)], dim=1)
+        activations = kfac_inputs(module, inputs[0])
 
         def record_output_gradient(grad: Tensor) -> None:
             # Mean-reduced loss: row i of `grad` is ∇ℓ_i / N, so E[∇ℓ ∇ℓᵀ] = N Σ δ δᵀ.
