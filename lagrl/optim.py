@@ -22,6 +22,15 @@ optimizer holds record the layer inputs and, at backward, the output gradients o
 minimised (an empirical Fisher). The loss is taken as a mean over the batch, so ``G = N Σ δ δᵀ``.
 Other parameters (embeddings, log-std, convolutions) use the diagonal path.
 
+``fisher_source="external"`` replaces stage 2 by an estimate the caller supplies with
+:meth:`LagrangianOptimizer.set_fisher` (for example the *true* Fisher of a policy, actions drawn from
+π, from :func:`lagrl.fisher.fisher`); steps then precondition with the latest supplied estimate, taken
+as complete (no EMA, no bias correction), and K-FAC needs no hooks.
+
+:meth:`LagrangianOptimizer.metric` exposes the metric ``M`` of the next step (``M^{-ρ}`` is exactly the
+preconditioner it applies, damping included), from which :mod:`lagrl.trajectory` computes the kinetic
+energy and the Legendre momentum of the run.
+
 Adam's first moment ``exp_avg`` is a gradient estimate, not the Hamiltonian momentum ``p``
 (:mod:`lagrl.legendre`); the state keys keep torch's names so state dicts cross-load.
 """
@@ -29,16 +38,17 @@ Adam's first moment ``exp_avg`` is a gradient estimate, not the Hamiltonian mome
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
-from lagrl.fisher import KroneckerFisher, kfac_inputs, spd_power
+from lagrl.fisher import DenseFisher, DiagonalFisher, Fisher, KroneckerFisher, kfac_inputs, spd_power
 
 FISHER_FORMS = ("diagonal", "full", "kfac")
+FISHER_SOURCES = ("gradients", "external")
 
 
 def fractional_power(values: Tensor, rho: float) -> Tensor:
@@ -58,6 +68,18 @@ def _parameter_name(group: dict[str, Any], index: int) -> str:
     """The name of ``group["params"][index]`` (from named parameters), else its index and shape."""
     names = group.get("param_names")
     return names[index] if names else f"#{index} (shape {list(group['params'][index].shape)})"
+
+
+class MetricBlock(NamedTuple):
+    """One block of :meth:`LagrangianOptimizer.metric`: its parameters, ``M`` (``None``: identity) and ρ.
+
+    A ``KroneckerFisher`` block acts on ``[W | b]`` of its ``[weight, bias]``, a ``DenseFisher`` on the
+    concatenated flat parameters, a ``DiagonalFisher`` on one parameter.
+    """
+
+    params: list[Tensor]
+    metric: Fisher | None
+    rho: float
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -105,6 +127,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         maximize: ascend instead of descend.
         update_interval: recompute the matrix power of a full or K-FAC Fisher every this many steps.
         model: the module whose ``nn.Linear`` layers K-FAC hooks into (see :meth:`attach`).
+        fisher_source: ``"gradients"`` (stage 2 from the gradients the optimizer sees) or
+            ``"external"`` (the estimate last given to :meth:`set_fisher`).
     """
 
     fisher_state_key = "exp_avg_sq"
@@ -125,10 +149,13 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         maximize: bool = False,
         update_interval: int = 1,
         model: nn.Module | None = None,
+        fisher_source: str = "gradients",
     ) -> None:
         _check_hyperparameters(lr, rho, betas, eps, weight_decay)
         if fisher not in FISHER_FORMS:
             raise ValueError(f"unknown fisher form {fisher!r}; choose one of {FISHER_FORMS}")
+        if fisher_source not in FISHER_SOURCES:
+            raise ValueError(f"unknown fisher_source {fisher_source!r}; choose one of {FISHER_SOURCES}")
         if amsgrad and fisher != "diagonal":
             raise ValueError("amsgrad applies to the diagonal Fisher only; use fisher='diagonal'")
         if update_interval < 1:
@@ -145,6 +172,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             bias_correction=bias_correction,
             fisher=fisher,
             update_interval=update_interval,
+            fisher_source=fisher_source,
         )
         super().__init__(params, defaults)
         self._kfac_layers: dict[Tensor, nn.Linear] = {}
@@ -165,6 +193,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
     def attach(self, model: nn.Module) -> None:
         """Hook K-FAC into every ``nn.Linear`` of ``model`` whose weight this optimizer holds."""
         owned = {p for group in self.param_groups if group["fisher"] == "kfac" for p in group["params"]}
+        hooked = {p for group in self.param_groups if group["fisher_source"] == "gradients" for p in group["params"]}
         for module in model.modules():
             if isinstance(module, nn.Linear) and module.weight in owned:
                 if module.bias is not None and module.bias not in owned:
@@ -172,8 +201,9 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 self._kfac_layers[module.weight] = module
                 if module.bias is not None:
                     self._kfac_biases.add(module.bias)
-                # A plain function, not a bound method: deep copies of the model do not copy the optimizer.
-                self._hooks.append(module.register_forward_hook(lambda *args: self._record_layer(*args)))
+                if module.weight in hooked:  # an external Fisher needs the layer, not its activations
+                    # A plain function, not a bound method: deep copies of the model do not copy the optimizer.
+                    self._hooks.append(module.register_forward_hook(lambda *args: self._record_layer(*args)))
         if not self._kfac_layers:
             raise ValueError("fisher='kfac' found no nn.Linear layer of the model among the optimizer's params")
 
@@ -209,6 +239,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             if not params:
                 continue
             self._check_finite(group, params)
+            if group["fisher_source"] == "external" and group["rho"] != 0:
+                self._check_external(group, params)
             if group["fisher"] == "full":
                 self._full_step(group)
                 continue
@@ -283,16 +315,20 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             param.add_(direction, alpha=-step_size)
             return
         key = self.fisher_state_key
-        if key not in state:
-            state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        fisher = state[key]
-        fisher.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        external = group["fisher_source"] == "external"
+        if external:
+            fisher = state[key]
+        else:
+            if key not in state:
+                state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            fisher = state[key]
+            fisher.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if group["amsgrad"]:
             if "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             fisher = torch.maximum(state["max_exp_avg_sq"], fisher, out=state["max_exp_avg_sq"])
         root = fractional_power(fisher, rho)
-        if group["bias_correction"]:
+        if group["bias_correction"] and not external:
             root.div_(bc2**rho)  # in place: the same values as Adam's `/`, one buffer fewer
         param.addcdiv_(direction, root.add_(group["eps"]), value=-step_size)
 
@@ -321,6 +357,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         bc1, bc2 = self._bias_corrections(group, step)
         if group["rho"] == 0:
             update = direction
+        elif group["fisher_source"] == "external":
+            update = state["fisher_power"] @ direction
         else:
             beta2 = group["betas"][1]
             if "fisher_matrix" not in state:
@@ -353,6 +391,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         rho = group["rho"]
         if rho == 0:
             update = direction
+        elif group["fisher_source"] == "external":
+            update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
         else:
             self._update_factors(group, state, weight)
             if (int(step) - 1) % group["update_interval"] == 0:
@@ -363,6 +403,116 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
         for block, part in zip(blocks, update.split([layer.in_features, 1][: len(blocks)], dim=1)):
             block.add_(part, alpha=-group["lr"] / bc1)
+
+    def _check_external(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Raise, before any state changes, unless every parameter has its supplied Fisher."""
+        for index, param in enumerate(group["params"]):
+            if group["fisher"] == "full":
+                key = "fisher_power" if index == 0 else None
+            elif param in self._kfac_biases:
+                key = None
+            elif param in self._kfac_layers and group["fisher"] == "kfac":
+                key = "input_power"
+            else:
+                key = self.fisher_state_key
+            if key is not None and (param in params or group["fisher"] == "full") and key not in self.state[param]:
+                raise ValueError(
+                    f"fisher_source='external' but no Fisher estimate was given for parameter "
+                    f"{_parameter_name(group, index)}: call optimizer.set_fisher({{param: estimate}}) before step()"
+                )
+
+    # ------------------------------------------------------------------ external Fisher, metric
+    @torch.no_grad()
+    def set_fisher(self, estimates: Mapping[Tensor, Fisher | Tensor]) -> None:
+        """Supply stage 2 for ``fisher_source="external"`` groups, replacing the previous estimate.
+
+        Keys are parameters: a ``DiagonalFisher`` (or a tensor of the parameter's shape) for a
+        diagonal parameter; a ``KroneckerFisher`` keyed by the weight of an attached ``nn.Linear``
+        (its bias is covered by the same block); a ``DenseFisher`` keyed by the first parameter of a
+        ``fisher="full"`` group. Matrix powers ``(F + ε)^{-ρ}`` are computed here, once per estimate.
+        """
+        groups = {p: group for group in self.param_groups for p in group["params"]}
+        for param, estimate in estimates.items():
+            group = groups.get(param)
+            if group is None:
+                raise ValueError(
+                    f"set_fisher got a tensor of shape {list(param.shape)} that this optimizer does not hold"
+                )
+            if group["fisher_source"] != "external":
+                raise ValueError("set_fisher applies to param groups with fisher_source='external'")
+            state, rho, eps = self.state[param], group["rho"], group["eps"]
+            if isinstance(estimate, KroneckerFisher):
+                if param not in self._kfac_layers:
+                    raise ValueError(
+                        "a KroneckerFisher must be keyed by the weight of an attached nn.Linear: call attach(model)"
+                    )
+                state["input_factor"], state["output_factor"] = estimate.input_factor, estimate.output_factor
+                powered = estimate.power(-rho, eps)
+                state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
+            elif isinstance(estimate, DenseFisher):
+                if group["fisher"] != "full" or param is not group["params"][0]:
+                    raise ValueError("a DenseFisher must be keyed by the first parameter of a fisher='full' group")
+                state["fisher_matrix"] = estimate.matrix
+                state["fisher_power"] = spd_power(estimate.matrix, -rho, eps)
+            else:
+                diagonal = estimate.diagonal if isinstance(estimate, DiagonalFisher) else estimate
+                if diagonal.shape != param.shape:
+                    raise ValueError(
+                        f"diagonal Fisher of shape {list(diagonal.shape)} for a parameter of shape {list(param.shape)}"
+                    )
+                state[self.fisher_state_key] = diagonal.detach().clone()
+
+    @torch.no_grad()
+    def metric(self) -> list[MetricBlock]:
+        """The metric ``M`` of the next step, block by block, covering every parameter.
+
+        ``M^{-ρ}`` is exactly the preconditioner the step applies, damping and bias correction
+        included: diagonal ``M = (F̂^ρ + ε)^{1/ρ}`` (Adam: ``(√v̂ + ε)²``), full ``M = F̂ + εI``, K-FAC
+        ``M = (A + √ε I) ⊗ (G + √ε I)`` on ``[W | b]`` (params ``[weight, bias]``). ``metric=None`` (the
+        identity) where ρ = 0 or no Fisher has been estimated yet. For the kinetic energy
+        ``(1/2P) gᵀM⁻¹g`` and the Legendre momentum of the run (:mod:`lagrl.trajectory`).
+        """
+        blocks: list[MetricBlock] = []
+        for group in self.param_groups:
+            rho, eps = group["rho"], group["eps"]
+            if group["fisher"] == "full":
+                state = self.state[group["params"][0]]
+                matrix = state.get("fisher_matrix")
+                if rho == 0 or matrix is None:
+                    blocks.append(MetricBlock(list(group["params"]), None, rho))
+                    continue
+                matrix = matrix / self._fisher_correction(group, state)
+                identity = torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
+                blocks.append(MetricBlock(list(group["params"]), DenseFisher(matrix + eps * identity), rho))
+                continue
+            for param in group["params"]:
+                if param in self._kfac_biases:
+                    continue  # covered by its weight's block
+                state = self.state[param]
+                layer = self._kfac_layers.get(param) if group["fisher"] == "kfac" else None
+                if layer is not None:
+                    params = [param] if layer.bias is None else [param, layer.bias]
+                    if rho == 0 or "input_factor" not in state:
+                        blocks.append(MetricBlock(params, None, rho))
+                        continue
+                    correction, root = self._fisher_correction(group, state), eps**0.5
+                    factors = [state["input_factor"] / correction, state["output_factor"] / correction]
+                    damped = [f + root * torch.eye(len(f), dtype=f.dtype, device=f.device) for f in factors]
+                    blocks.append(MetricBlock(params, KroneckerFisher(*damped), rho))
+                    continue
+                fisher = state.get("max_exp_avg_sq" if group["amsgrad"] else self.fisher_state_key)
+                if rho == 0 or fisher is None:
+                    blocks.append(MetricBlock([param], None, rho))
+                    continue
+                root = fractional_power(fisher / self._fisher_correction(group, state), rho).add_(eps)
+                blocks.append(MetricBlock([param], DiagonalFisher(root.pow_(1.0 / rho)), rho))
+        return blocks
+
+    def _fisher_correction(self, group: dict[str, Any], state: dict[str, Any]) -> float:
+        """The bias correction ``1 − β2^t`` of a gradient-sourced EMA Fisher (1 for an external one)."""
+        if group["fisher_source"] == "external" or not group["bias_correction"] or "step" not in state:
+            return 1.0
+        return 1 - group["betas"][1] ** float(state["step"])
 
     def _update_factors(self, group: dict[str, Any], state: dict[str, Any], weight: Tensor) -> None:
         """Stage 2 for K-FAC: EMA of the layer's factors ``A = E[a aᵀ]`` and ``G = E[δ δᵀ]``."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lagrl.fisher import fisher
+from lagrl.fisher import KroneckerFisher, fisher
 from lagrl.optim import (
     LagrangianAdam,
     LagrangianOptimizer,
@@ -322,3 +322,81 @@ def test_kfac_needs_the_model():
     assert "input_factor" in optimizer.state[model[0].weight]
     with pytest.raises(ValueError, match="unknown fisher form"):
         LagrangianOptimizer(model.parameters(), fisher="block")
+
+
+# ---------------------------------------------------------------------------------------- external Fisher, metric
+def test_external_diagonal_fisher_step_is_the_closed_form(device):
+    """θ ← θ − lr · m̂ / (d^ρ + ε) with the supplied d (no EMA, no bias correction of d)."""
+    torch.manual_seed(0)
+    param = torch.randn(5, device=device, dtype=torch.float64, requires_grad=True)
+    start = param.detach().clone()
+    d = torch.rand(5, device=device, dtype=torch.float64) + 0.1
+    optimizer = LagrangianOptimizer([param], lr=0.1, rho=0.75, eps=1e-3, betas=(0.9, 0.999), fisher_source="external")
+    with pytest.raises(ValueError, match="call optimizer.set_fisher.*before step"):
+        param.grad = torch.ones_like(param)
+        optimizer.step()
+    optimizer.set_fisher({param: d})
+    g = torch.randn(5, device=device, dtype=torch.float64)
+    param.grad = g.clone()
+    optimizer.step()
+    m_hat = (0.1 * g) / (1 - 0.9)  # first EMA step, bias-corrected
+    assert torch.allclose(param.detach(), start - 0.1 * m_hat / (d**0.75 + 1e-3), rtol=1e-12, atol=1e-14)
+
+
+def test_external_kfac_step_is_the_closed_form():
+    """U = (G + √ε)^{-ρ} ĝ (A + √ε)^{-ρ} with the supplied factors, against a dense solve on [W | b]."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    start = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1).clone()
+    a, g = torch.randn(4, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    factors = KroneckerFisher(
+        a @ a.T + 0.1 * torch.eye(4, dtype=torch.float64), g @ g.T + 0.1 * torch.eye(2, dtype=torch.float64)
+    )
+    optimizer = LagrangianOptimizer(
+        layer.parameters(), lr=0.5, rho=1.0, eps=1e-4, betas=(0.0, 0.0), fisher="kfac", fisher_source="external"
+    )
+    optimizer.attach(layer)
+    assert not optimizer._hooks  # an external Fisher needs no activations
+    optimizer.set_fisher({layer.weight: factors})
+    grad = torch.randn(2, 4, dtype=torch.float64)
+    layer.weight.grad, layer.bias.grad = grad[:, :3].clone(), grad[:, 3].clone()
+    optimizer.step()
+    root = 1e-4**0.5
+    dense = torch.kron(
+        factors.output_factor + root * torch.eye(2, dtype=torch.float64),
+        factors.input_factor + root * torch.eye(4, dtype=torch.float64),
+    )
+    expected = start - 0.5 * torch.linalg.solve(dense, grad.reshape(-1)).reshape(2, 4)
+    after = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1)
+    assert torch.allclose(after, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_set_fisher_rejects_what_it_cannot_use():
+    param = torch.zeros(3, requires_grad=True)
+    optimizer = LagrangianOptimizer([param], fisher_source="external")
+    with pytest.raises(ValueError, match="shape \\[2\\] for a parameter of shape \\[3\\]"):
+        optimizer.set_fisher({param: torch.ones(2)})
+    with pytest.raises(ValueError, match="does not hold"):
+        optimizer.set_fisher({torch.zeros(3): torch.ones(3)})
+    with pytest.raises(ValueError, match="fisher_source='external'"):
+        LagrangianOptimizer([param]).set_fisher({param: torch.ones(3)})
+    with pytest.raises(ValueError, match="unknown fisher_source"):
+        LagrangianOptimizer([param], fisher_source="labels")
+
+
+def test_metric_of_adam_is_its_preconditioner():
+    """LagrangianAdam's metric M satisfies M^{-½} = 1/(√v̂ + ε), v̂ read from torch.optim.Adam's own state."""
+    model, reference = make_mlp(torch.device("cpu")), make_mlp(torch.device("cpu"))
+    optimizer = LagrangianAdam(model.parameters(), lr=1e-2, eps=1e-6)
+    torch_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-6)
+    assert all(block.metric is None for block in optimizer.metric())  # no Fisher yet: the identity
+    data = batches(torch.device("cpu"), 5)
+    train(model, optimizer, data)
+    train(reference, torch_optimizer, data)
+    blocks = optimizer.metric()
+    assert [block.params[0] for block in blocks] == list(model.parameters())
+    for block, param in zip(blocks, reference.parameters()):
+        state = torch_optimizer.state[param]
+        v_hat = state["exp_avg_sq"] / (1 - 0.999 ** float(state["step"]))
+        assert block.rho == 0.5
+        assert torch.allclose(block.metric.power(-0.5).diagonal, 1 / (v_hat.sqrt() + 1e-6), rtol=1e-5)

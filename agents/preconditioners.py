@@ -1,0 +1,113 @@
+"""The ``preconditioner=`` presets of lagrl's agents: which optimizer of the ρ family updates the policy.
+
+=============  =====================================================================================
+``"adam"``     ρ = ½, diagonal Fisher from the gradients (Eq. 32): :class:`~lagrl.optim.LagrangianAdam`
+               with SB3's ``eps = 1e-5``, numerically SB3's default Adam.
+``"rmsprop"``  ρ = ½ without first moment (Eq. 31): :class:`~lagrl.optim.LagrangianRMSprop` with SB3
+               A2C's ``alpha = 0.99``, ``eps = 1e-5``.
+``"fisher-sqrt"``  ρ = ½ with the *true* Fisher of the agent's predictive distribution (actions drawn
+               from π; THEORY §5), K-FAC form, refreshed every update (our reading of the paper's
+               postulate for policies).
+``"natural"``  ρ = 1, the same Fisher: a K-FAC natural gradient.
+=============  =====================================================================================
+
+Any other setting is a :class:`PreconditionerConfig` (or a ``dict`` of its fields).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lagrl.optim import LagrangianAdam, LagrangianOptimizer, LagrangianRMSprop
+
+PRESETS = ("adam", "rmsprop", "fisher-sqrt", "natural")
+FISHER_KINDS = ("true", "gradients")
+
+
+@dataclass(frozen=True)
+class PreconditionerConfig:
+    """A :class:`~lagrl.optim.LagrangianOptimizer` for the policy, ``θ ← θ − lr · F̂^{-ρ} ĝ``.
+
+    Args:
+        rho: exponent ρ ∈ [0, 1].
+        damping: ε (Adam's placement for the diagonal form, ``(F + ε)^{-ρ}`` for K-FAC: see lagrl.optim).
+        fisher: ``"kfac"`` (each ``nn.Linear``; other parameters diagonal) or ``"diagonal"``.
+        fisher_kind: ``"true"`` — the Fisher of the agent's predictive distribution, actions sampled
+            from π and value targets from ``N(V(s), 1)``, estimated on each update's observations —
+            or ``"gradients"`` — the EMA of the loss gradients (Adam's estimate; K-FAC's empirical form).
+        refresh_interval: re-estimate the true Fisher every this many updates (``train()`` calls).
+        fisher_samples: sampled targets per observation for the true Fisher.
+        betas: EMA coefficients of the gradient estimate (β1) and of a gradient-sourced Fisher (β2).
+    """
+
+    rho: float = 0.5
+    damping: float = 1e-3
+    fisher: str = "kfac"
+    fisher_kind: str = "true"
+    refresh_interval: int = 1
+    fisher_samples: int = 1
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if self.fisher not in ("kfac", "diagonal"):
+            raise ValueError(f"fisher must be 'kfac' or 'diagonal', got {self.fisher!r}")
+        if self.fisher_kind not in FISHER_KINDS:
+            raise ValueError(f"fisher_kind must be one of {FISHER_KINDS}, got {self.fisher_kind!r}")
+        for name in ("refresh_interval", "fisher_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        # The optimizer validates rho, damping and betas; fail here, at configuration time.
+        LagrangianOptimizer([torch.zeros(1, requires_grad=True)], **self.optimizer_kwargs())
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~lagrl.optim.LagrangianOptimizer` (without ``lr``)."""
+        return dict(
+            rho=self.rho,
+            eps=self.damping,
+            betas=tuple(self.betas),
+            fisher=self.fisher,
+            fisher_source="external" if self.fisher_kind == "true" else "gradients",
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve(preconditioner: str | PreconditionerConfig | dict[str, Any]) -> str | PreconditionerConfig:
+    """A preset name or a :class:`PreconditionerConfig`; raises on anything else, naming the choices."""
+    if isinstance(preconditioner, PreconditionerConfig):
+        return preconditioner
+    if isinstance(preconditioner, dict):
+        unknown = set(preconditioner) - set(PreconditionerConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown preconditioner setting(s) {sorted(unknown)}; "
+                f"PreconditionerConfig takes {sorted(PreconditionerConfig.__dataclass_fields__)}"
+            )
+        return PreconditionerConfig(**preconditioner)
+    if preconditioner == "fisher-sqrt":
+        return PreconditionerConfig(rho=0.5)
+    if preconditioner == "natural":
+        return PreconditionerConfig(rho=1.0)
+    if preconditioner in PRESETS:
+        return preconditioner
+    raise ValueError(
+        f"unknown preconditioner {preconditioner!r}; choose one of {PRESETS}, "
+        "or pass a PreconditionerConfig / dict(rho=..., damping=..., refresh_interval=...)"
+    )
+
+
+def policy_optimizer(
+    preconditioner: str | PreconditionerConfig, rms_prop_eps: float = 1e-5
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """``(optimizer_class, optimizer_kwargs)`` for SB3's ``policy_kwargs`` (SB3 passes ``lr`` itself)."""
+    if preconditioner == "adam":
+        return LagrangianAdam, dict(eps=1e-5)  # SB3 ActorCriticPolicy's default Adam eps
+    if preconditioner == "rmsprop":
+        return LagrangianRMSprop, dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)  # SB3 A2C's RMSprop
+    assert isinstance(preconditioner, PreconditionerConfig)
+    return LagrangianOptimizer, preconditioner.optimizer_kwargs()

@@ -1,0 +1,212 @@
+"""lagrl.agents.LagrangianPPO / LagrangianA2C against SB3's PPO and A2C, and their Fisher presets."""
+
+import math
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from lagrl.agents import LagrangianA2C, LagrangianPPO, PreconditionerConfig
+from lagrl.agents.policy_fisher import policy_fisher
+from lagrl.fisher import DiagonalFisher, KroneckerFisher
+from lagrl.optim import LagrangianOptimizer, NonFiniteGradientError
+
+# rl-baselines3-zoo's PPO settings for CartPole-v1 (hyperparams/ppo.yml)
+ZOO_PPO = dict(
+    n_steps=32,
+    batch_size=256,
+    gae_lambda=0.8,
+    gamma=0.98,
+    n_epochs=20,
+    ent_coef=0.0,
+    learning_rate=lambda progress: progress * 1e-3,
+    clip_range=lambda progress: progress * 0.2,
+)
+
+
+def flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.policy.parameters()])
+
+
+def cartpole(n_envs: int = 8):
+    return make_vec_env("CartPole-v1", n_envs=n_envs, seed=0)
+
+
+def test_ppo_adam_is_bit_identical_to_sb3_ppo_with_zoo_settings():
+    """20,000 steps of zoo CartPole-v1 PPO (8 envs, 1,580 Adam steps): identical parameters."""
+    reference = PPO("MlpPolicy", cartpole(), seed=0, device="cpu", **ZOO_PPO).learn(20_000)
+    model = LagrangianPPO("MlpPolicy", cartpole(), seed=0, device="cpu", preconditioner="adam", **ZOO_PPO)
+    model.learn(20_000)
+    assert type(reference.policy.optimizer) is torch.optim.Adam
+    assert isinstance(model.policy.optimizer, LagrangianOptimizer)
+    assert model.num_timesteps == reference.num_timesteps >= 20_000
+    assert torch.equal(flat(model), flat(reference))
+
+
+def test_a2c_rmsprop_is_bit_identical_to_sb3_a2c():
+    reference = A2C("MlpPolicy", cartpole(), seed=0, device="cpu", ent_coef=0.0).learn(20_000)
+    model = LagrangianA2C("MlpPolicy", cartpole(), seed=0, device="cpu", ent_coef=0.0, preconditioner="rmsprop")
+    model.learn(20_000)
+    assert type(reference.policy.optimizer) is torch.optim.RMSprop
+    assert torch.equal(flat(model), flat(reference))
+    assert model.num_updates == 20_000 // (8 * 5)
+
+
+@pytest.mark.parametrize("rho", [0.5, 1.0])
+def test_fisher_presets_precondition_with_the_true_policy_fisher(rho):
+    """The K-FAC factors of the action layer after an update are the true Fisher of the rollout.
+
+    With lr = 0 the parameters stay put, so the references are closed forms at the same parameters:
+    ``A = E[a aᵀ]`` over the layer's bias-augmented inputs (no sampling involved), and for a softmax
+    output ``G = E_s[diag π − π πᵀ]`` (the expectation over a ~ π of δδᵀ, δ = onehot(a) − π), which
+    the sampled estimate (200 actions per state) must match within Monte Carlo error.
+    """
+    config = PreconditionerConfig(rho=rho, fisher_samples=200)
+    settings = {**ZOO_PPO, "batch_size": 64, "learning_rate": 0.0}
+    model = LagrangianPPO("MlpPolicy", cartpole(2), seed=1, device="cpu", preconditioner=config, **settings)
+    model.learn(64)  # one rollout of 2 × 32 steps, one update
+    state = model.policy.optimizer.state[model.policy.action_net.weight]
+    observations = torch.as_tensor(model.rollout_buffer.observations.reshape(-1, 4))
+    with torch.no_grad():
+        latent = model.policy.mlp_extractor.policy_net(observations)
+        probs = torch.softmax(model.policy.action_net(latent), dim=-1)
+    rows = torch.cat([latent, torch.ones(len(latent), 1)], dim=1)
+    assert torch.allclose(state["input_factor"], rows.T @ rows / len(rows), atol=1e-6)
+    expected = (torch.diag_embed(probs) - probs.unsqueeze(-1) * probs.unsqueeze(-2)).mean(0)
+    assert torch.allclose(state["output_factor"], expected, atol=0.1 * float(expected.abs().max()))
+    powered = KroneckerFisher(state["input_factor"], state["output_factor"]).power(-rho, 1e-3)
+    assert torch.allclose(state["input_power"], powered.input_factor)
+
+
+def test_policy_fisher_matches_its_definition():
+    """Diagonal true Fisher of actor and critic against hand-computed expectations.
+
+    Actor (Categorical, 2 actions): the exact Fisher diagonal is E_s Σ_a π(a|s) (∂ log π(a|s)/∂θ)²,
+    computed here by looping over actions; the sampled estimate (1,500 draws per state) must agree
+    within Monte Carlo error. Critic: for N(V(s), 1) the true Fisher is exactly E_s (∂V/∂θ)² in
+    expectation; with sampled targets it agrees within Monte Carlo error.
+    """
+    torch.manual_seed(0)
+    model = LagrangianPPO("MlpPolicy", cartpole(1), seed=0, device="cpu")
+    policy = model.policy
+    observations = torch.randn(8, 4)
+    estimate = policy_fisher(policy, observations, form="diagonal", num_samples=1500)
+    params = dict(policy.named_parameters())
+    assert set(estimate) == {p for p in params.values()}
+    assert all(isinstance(block, DiagonalFisher) for block in estimate.values())
+
+    exact = {name: torch.zeros_like(p) for name, p in params.items()}
+    for obs in observations:
+        distribution = policy.get_distribution(obs.unsqueeze(0)).distribution
+        for action in range(2):
+            policy.zero_grad()
+            distribution = policy.get_distribution(obs.unsqueeze(0)).distribution
+            distribution.log_prob(torch.tensor([action])).sum().backward()
+            weight = float(distribution.probs[0, action].detach())
+            for name, p in params.items():
+                if p.grad is not None:
+                    exact[name] += weight * p.grad.square() / len(observations)
+        policy.zero_grad()
+        policy.predict_values(obs.unsqueeze(0)).sum().backward()
+        for name, p in params.items():
+            if p.grad is not None and ("value" in name):
+                exact[name] += p.grad.square() / len(observations)
+    for name in ("action_net.weight", "mlp_extractor.policy_net.2.weight", "value_net.weight"):
+        got, want = estimate[params[name]].diagonal, exact[name]
+        assert torch.allclose(got, want, rtol=0.15, atol=1e-4 * float(want.max())), name
+
+
+def test_save_load_round_trip_keeps_the_fisher_and_continues(tmp_path):
+    settings = {**ZOO_PPO, "batch_size": 64}
+    model = LagrangianPPO("MlpPolicy", cartpole(2), seed=3, device="cpu", preconditioner="fisher-sqrt", **settings)
+    model.learn(256)
+    path = tmp_path / "ppo.zip"
+    model.save(path)
+    loaded = LagrangianPPO.load(path, env=cartpole(2), device="cpu")
+    assert loaded.preconditioner == model.preconditioner
+    observations = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    assert np.array_equal(
+        model.predict(observations, deterministic=True)[0], loaded.predict(observations, deterministic=True)[0]
+    )
+    saved, restored = model.policy.optimizer.state_dict(), loaded.policy.optimizer.state_dict()
+    assert saved["state"].keys() == restored["state"].keys()
+    for index, state in saved["state"].items():
+        assert state.keys() == restored["state"][index].keys()
+        for key, value in state.items():
+            assert torch.equal(value, restored["state"][index][key]), (index, key)
+    assert sum("input_factor" in state for state in restored["state"].values()) == 6  # 6 Linear layers
+    # Resume: timesteps, schedules and the optimizer's step count continue where they stopped.
+    steps_before = float(loaded.policy.optimizer.state[loaded.policy.action_net.weight]["step"])
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 320 and loaded.num_updates == model.num_updates + 1
+    assert float(loaded.policy.optimizer.state[loaded.policy.action_net.weight]["step"]) == steps_before + 20
+    assert loaded.policy.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * loaded._current_progress_remaining)
+
+
+class NaNRewardCartPole(gymnasium.Wrapper):
+    """CartPole whose reward turns NaN after 40 steps."""
+
+    def __init__(self) -> None:
+        super().__init__(gymnasium.make("CartPole-v1"))
+        self.steps = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        return obs, (math.nan if self.steps > 40 else reward), terminated, truncated, info
+
+
+def test_a_nan_loss_stops_training_naming_the_update():
+    model = LagrangianA2C("MlpPolicy", NaNRewardCartPole(), seed=0, device="cpu")
+    before = flat(model).clone()
+    with pytest.raises(NonFiniteGradientError, match=r"update \d+ of LagrangianA2C .*NaN or inf") as error:
+        model.learn(200)
+    update = int(str(error.value).split()[1])
+    assert update == model.num_updates + 1 >= 2  # updates before the NaN reward went through
+    assert torch.isfinite(flat(model)).all() and not torch.equal(flat(model), before)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="unknown preconditioner 'adamw'.*fisher-sqrt"):
+        LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner="adamw")
+    with pytest.raises(ValueError, match="drop optimizer_class"):
+        LagrangianPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=torch.optim.SGD))
+    with pytest.raises(ValueError, match="rho must lie in"):
+        LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner=dict(rho=2.0))
+    with pytest.raises(ValueError, match="unknown preconditioner setting.*'damp'"):
+        LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner=dict(damp=1e-3))
+    env = gymnasium.make("CartPole-v1")
+    env.action_space = spaces.MultiDiscrete([2, 2])
+    with pytest.raises(ValueError, match="supports Discrete and Box action spaces"):
+        LagrangianA2C("MlpPolicy", env, preconditioner="natural")
+
+
+def test_continuous_actions_get_a_log_std_fisher():
+    model = LagrangianPPO(
+        "MlpPolicy",
+        "Pendulum-v1",
+        n_steps=64,
+        batch_size=64,
+        n_epochs=2,
+        seed=0,
+        device="cpu",
+        preconditioner=PreconditionerConfig(rho=0.5, fisher="kfac"),
+    )
+    model.learn(64)
+    state = model.policy.optimizer.state[model.policy.log_std]
+    # N(μ, σ²): the Fisher of log σ is exactly 2 per dimension; the sampled estimate is close.
+    assert state["exp_avg_sq"].shape == (1,) and abs(float(state["exp_avg_sq"]) - 2.0) < 0.8
+    assert isinstance(model.policy.optimizer.metric()[0].metric, (DiagonalFisher, KroneckerFisher))
+
+
+def test_agents_run_on_the_device(device):
+    settings = {**ZOO_PPO, "batch_size": 64}
+    model = LagrangianPPO("MlpPolicy", cartpole(2), seed=0, device=device, preconditioner="fisher-sqrt", **settings)
+    model.learn(128)
+    state = model.policy.optimizer.state[model.policy.action_net.weight]
+    assert state["input_factor"].device.type == device.type
+    assert torch.isfinite(flat(model)).all()
