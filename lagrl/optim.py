@@ -406,6 +406,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
 
     def _check_external(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """Raise, before any state changes, unless every parameter has its supplied Fisher."""
+        stepped = set(params)  # tensors hash by identity
         for index, param in enumerate(group["params"]):
             if group["fisher"] == "full":
                 key = "fisher_power" if index == 0 else None
@@ -415,7 +416,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 key = "input_power"
             else:
                 key = self.fisher_state_key
-            if key is not None and (param in params or group["fisher"] == "full") and key not in self.state[param]:
+            if key is not None and (param in stepped or group["fisher"] == "full") and key not in self.state[param]:
                 raise ValueError(
                     f"fisher_source='external' but no Fisher estimate was given for parameter "
                     f"{_parameter_name(group, index)}: call optimizer.set_fisher({{param: estimate}}) before step()"
