@@ -32,9 +32,15 @@ class _LagrangianOnPolicy(TrajectoryMixin):
     preconditioner: str | PreconditionerConfig
     num_updates: int = 0
 
-    def _configure(self, preconditioner: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``kwargs`` for SB3 with the preconditioner's optimizer in ``policy_kwargs``."""
+    def _configure(self, policy: Any, preconditioner: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` for SB3 with the preconditioner's optimizer in ``policy_kwargs``.
+
+        ``device="auto"`` (SB3's default) becomes the CPU for ``"MlpPolicy"``, as SB3 advises for MLP
+        policies (it warns when one runs on a GPU); pass ``device="cuda"`` to insist.
+        """
         self.preconditioner = resolve(preconditioner)
+        if policy == "MlpPolicy" and kwargs.get("device", "auto") == "auto":
+            kwargs = {**kwargs, "device": "cpu"}
         policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
         if "optimizer_class" in policy_kwargs or "optimizer_kwargs" in policy_kwargs:
             raise ValueError(
@@ -110,7 +116,7 @@ class LagrangianPPO(_LagrangianOnPolicy, PPO):
     """
 
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "adam", **kwargs: Any) -> None:
-        super().__init__(policy, env, *args, **self._configure(preconditioner, kwargs))
+        super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
 
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         """PPO's loss (clipped surrogate, value and entropy terms) on one batch, as SB3 computes it."""
@@ -135,7 +141,7 @@ class LagrangianA2C(_LagrangianOnPolicy, A2C):
     """
 
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "rmsprop", **kwargs: Any) -> None:
-        super().__init__(policy, env, *args, **self._configure(preconditioner, kwargs))
+        super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
 
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         """A2C's loss (policy gradient, value and entropy terms) on the rollout, as SB3 computes it."""

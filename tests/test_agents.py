@@ -210,3 +210,11 @@ def test_agents_run_on_the_device(device):
     state = model.policy.optimizer.state[model.policy.action_net.weight]
     assert state["input_factor"].device.type == device.type
     assert torch.isfinite(flat(model)).all()
+
+
+def test_mlp_policies_default_to_the_cpu(monkeypatch):
+    """SB3 advises the CPU for MLP policies: device="auto" stays on the CPU even where CUDA is present."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model = LagrangianA2C("MlpPolicy", "CartPole-v1")
+    assert model.device.type == "cpu"
+    assert LagrangianPPO("MlpPolicy", "CartPole-v1", device="cpu").device.type == "cpu"
