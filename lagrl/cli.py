@@ -1,11 +1,15 @@
 """The ``lagrl`` command line: composes the library, defines no math.
 
 lagrl check [--steps N] [--device DEV]   LagrangianAdam/RMSprop vs torch.optim, bit for bit
+lagrl verify [--env ID ...]              Bellman's fixed point vs the Lagrangian flows on tabular tasks
+lagrl train --algo ppo --env ID ...      an agent with zoo-style hyperparameters, checkpoints, TensorBoard
+lagrl evaluate PATH [--episodes N]       the mean ± std return of a model lagrl train saved
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -17,9 +21,12 @@ from pathlib import Path
 
 import gymnasium
 import torch
+import yaml
 from tqdm import tqdm
 
+from lagrl.agents import PRESETS, training
 from lagrl.equivalence import optimizer_parity
+from lagrl.optim import NonFiniteGradientError
 from lagrl.trajectory import TrajectoryWriter
 from lagrl.verify import DEFAULT_SUITE, TaskReport, TaskSpec, load_task, verify_task
 
@@ -62,6 +69,65 @@ def _task(text: str) -> TaskSpec:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _run_device(text: str) -> str:
+    """``auto`` (SB3's advice: the CPU for MLP policies) or a device ``_device`` accepts."""
+    return text if text == "auto" else str(_device(text))
+
+
+def _hyperparameter(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as YAML (``16`` → int, ``lin_0.001`` → str, ``{a: 1}`` → dict)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {key}: {error}") from None
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train an agent (zoo-style hyperparameters, atomic checkpoints, TensorBoard trajectories)"
+    )
+    train.add_argument("--algo", choices=training.ALGOS, required=True, help="the agent")
+    train.add_argument("--env", required=True, metavar="ID", help="a Gymnasium env id (lagrl/... ids included)")
+    train.add_argument(
+        "--preconditioner",
+        choices=PRESETS,
+        help="ppo/a2c policy update (default: the agent's own, ppo adam, a2c rmsprop)",
+    )
+    train.add_argument("--timesteps", type=_positive_int, help="environment steps (default: the YAML's n_timesteps)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the envs and the agent (default 0)")
+    train.add_argument("--n-envs", type=_positive_int, help="parallel envs (default: the YAML's n_envs, else 1)")
+    train.add_argument("--logdir", type=Path, metavar="DIR", help="TensorBoard folder (SB3's and lagrl's tags)")
+    train.add_argument("--device", type=_run_device, default="auto", help="auto (default: cpu for MLPs), cpu, cuda")
+    train.add_argument("--save", required=True, metavar="PATH", help="the model zip (.zip added if missing)")
+    train.add_argument(
+        "--hyperparams",
+        type=_hyperparameter,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the YAML entry, e.g. n_steps=16 learning_rate=lin_3e-4",
+    )
+    train.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: when stdout is a terminal)"
+    )
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="mean and std of the return of a model saved by lagrl train")
+    evaluate.add_argument("path", type=Path, metavar="PATH", help="the model zip")
+    evaluate.add_argument("--env", metavar="ID", help="evaluate on this env id (default: the one it was trained on)")
+    evaluate.add_argument("--episodes", type=_positive_int, default=10, help="episodes (default 10)")
+    evaluate.add_argument("--deterministic", action="store_true", default=True, help="greedy actions (default)")
+    evaluate.add_argument("--stochastic", dest="deterministic", action="store_false", help="sample actions from π")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the evaluation env (default 0)")
+    evaluate.add_argument("--device", type=_run_device, default="auto", help="auto (default), cpu or cuda")
+    evaluate.add_argument("--json", type=Path, metavar="PATH", help="write mean_return, std_return, episodes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lagrl", description="Learning-Lagrangian RL: checks and tools.")
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
@@ -90,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps on the MLP (default 1000)")
     check.add_argument("--device", type=_device, default=torch.device("cpu"), help="cpu (default) or cuda")
+    _add_train(commands)
+    _add_evaluate(commands)
     return parser
 
 
@@ -164,10 +232,77 @@ def _write_json_atomically(path: Path, payload: object) -> None:
     os.replace(handle.name, path)
 
 
+def _train(args: argparse.Namespace) -> int:
+    path = training.model_path(args.save)
+    try:
+        plan = training.plan_run(
+            args.algo,
+            args.env,
+            dict(args.hyperparams),
+            preconditioner=args.preconditioner,
+            n_envs=args.n_envs,
+            timesteps=args.timesteps,
+            seed=args.seed,
+        )
+        model = training.build_model(plan, args.device, args.logdir)
+    except training.ConfigError as error:
+        print(f"lagrl train: {error}", file=sys.stderr)
+        return 2
+    _print_plan(plan, model)
+    checkpoint = training.AtomicCheckpoint(path, plan.timesteps // training.CHECKPOINTS_PER_RUN)
+    progress = sys.stdout.isatty() if args.progress is None else args.progress
+    try:
+        training.train(model, plan.timesteps, checkpoint, progress)
+    except KeyboardInterrupt:
+        training.save_atomically(model, path)
+        print(f"interrupted after {model.num_timesteps} steps; model saved to {path}{_logs(model)}", flush=True)
+        return 130
+    except NonFiniteGradientError as error:
+        print(f"lagrl train: {error}", file=sys.stderr)
+        kept = f"the last good checkpoint ({checkpoint.saved_at} steps) is {path}" if checkpoint.saved_at else ""
+        print(f"training stopped; {kept or 'no checkpoint was written before the failure'}{_logs(model)}")
+        return 1
+    training.save_atomically(model, path)
+    print(f"trained {model.num_timesteps} steps; model saved to {path}{_logs(model)}")
+    return 0
+
+
+def _print_plan(plan: training.RunPlan, model: training.BaseAlgorithm) -> None:
+    source = plan.source or f"no entry for {plan.env_id} in {training.hyperparameter_file(plan.algo)}: defaults"
+    print(f"{plan.agent.__name__} on {plan.env_id}: {plan.timesteps} steps, {plan.n_envs} env(s), seed {plan.seed}")
+    print(f"hyperparameters ({source}): {plan.kwargs or 'none set'}")
+    print(f"device {model.device}, {torch.get_num_threads()} torch thread(s)", flush=True)
+
+
+def _logs(model: training.BaseAlgorithm) -> str:
+    directory = training.run_directory(model)
+    return f"; TensorBoard logs in {directory}" if directory else ""
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        model = training.load_run(args.path, args.device)
+        env = training.evaluation_env(model, args.seed, args.env)
+        result = training.evaluate(model, env, args.episodes, args.deterministic)
+    except training.ConfigError as error:
+        print(f"lagrl evaluate: {error}", file=sys.stderr)
+        return 2
+    policy = "deterministic" if args.deterministic else "stochastic"
+    env_id = args.env or model.lagrl_run["env_id"]
+    print(
+        f"{type(model).__name__} on {env_id}: return {result.mean_return:.2f} ± {result.std_return:.2f} "
+        f"over {result.episodes} episodes ({policy})"
+    )
+    if args.json:
+        _write_json_atomically(args.json, dataclasses.asdict(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    return {"check": _check, "verify": _verify}[args.command](args)
+    commands = {"check": _check, "verify": _verify, "train": _train, "evaluate": _evaluate}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

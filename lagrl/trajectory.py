@@ -20,6 +20,7 @@ from types import TracebackType
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from lagrl.fisher import DenseFisher, DiagonalFisher, KroneckerFisher
 from lagrl.lagrangian import kinetic_energy
@@ -148,8 +149,14 @@ class TrajectoryWriter:
         self._writer.add_histogram(tag, values.detach().cpu(), step)
 
     def hparams(self, settings: Mapping[str, float | int | str | bool], metrics: Mapping[str, float]) -> None:
-        """The run's settings with its final metrics, for TensorBoard's HParams tab (same directory)."""
-        self._writer.add_hparams(dict(settings), dict(metrics), run_name=".")
+        """The run's settings for TensorBoard's HParams tab, with ``metrics`` naming its logged scalar tags.
+
+        Unlike ``SummaryWriter.add_hparams`` this writes no extra scalars (which would add a point at
+        step 0 to each curve): the tab reads the metrics from the run's own series.
+        """
+        file_writer = self._writer._get_file_writer()
+        for summary in hparams(dict(settings), dict(metrics)):
+            file_writer.add_summary(summary)
 
     def flush(self) -> None:
         self._writer.flush()

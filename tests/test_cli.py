@@ -22,7 +22,7 @@ def test_check_reports_every_pair_identical(capsys):
         (["check", "--steps", "0"], "expected a positive integer"),
         (["check", "--device", "tpu9"], "unknown device"),
         (["--threads", "-1", "check"], "expected a positive integer"),
-        (["train"], "invalid choice"),
+        (["fly"], "invalid choice"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):
