@@ -32,7 +32,6 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
-from tqdm import tqdm
 
 import lagrl.envs  # noqa: F401  (registers the lagrl/ environments)
 from lagrl.agents.on_policy import LagrangianA2C, LagrangianPPO
@@ -312,43 +311,14 @@ class AtomicCheckpoint(BaseCallback):
         return True
 
 
-class ProgressBar(BaseCallback):
-    """A tqdm progress bar over environment steps (SB3's own needs ``rich``)."""
-
-    def __init__(self, total: int) -> None:
-        super().__init__()
-        self.total = total
-        self.bar: tqdm | None = None
-
-    def _on_training_start(self) -> None:
-        self.bar = tqdm(total=self.total, unit="step", desc=type(self.model).__name__, dynamic_ncols=True)
-
-    def _on_step(self) -> bool:
-        if self.bar is not None:
-            self.bar.update(self.training_env.num_envs)
-        return True
-
-    def _on_training_end(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the bar (idempotent; also after an error or Ctrl-C)."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def train(model: BaseAlgorithm, timesteps: int, checkpoint: AtomicCheckpoint, progress: bool) -> None:
-    """``model.learn`` with the checkpoint (and progress bar); SB3's TensorBoard files are closed however it ends.
+    """``model.learn`` with the checkpoint and SB3's progress bar; SB3's TensorBoard files are closed however it ends.
 
     The agents close their own trajectory event file in ``learn``; errors and Ctrl-C propagate.
     """
-    bar = ProgressBar(timesteps) if progress else None
     try:
-        model.learn(timesteps, callback=[checkpoint] if bar is None else [checkpoint, bar])
+        model.learn(timesteps, callback=[checkpoint], progress_bar=progress)
     finally:
-        if bar is not None:
-            bar.close()
         if hasattr(model, "_logger"):  # set by learn's setup
             model.logger.close()
 
