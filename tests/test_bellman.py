@@ -290,6 +290,68 @@ def test_sparse_equals_dense(device):
     torch.testing.assert_close(backward_induction(sparse_copy(finite)).values, backward_induction(finite).values)
 
 
+# ---------------------------------------------------------------------------------------- numpy and torch routes
+def test_dense_cpu_mdps_take_the_numpy_route():
+    assert isinstance(bellman._dynamics(gym_mdp("FrozenLake8x8-v1")), bellman._HostDynamics)
+    assert isinstance(bellman._dynamics(random_mdp(3, states=4)), bellman._HostDynamics)
+    assert isinstance(bellman._dynamics(gym_mdp("Taxi-v4")), bellman._Dynamics)  # CSR rows
+    assert isinstance(bellman._dynamics(sparse_copy(random_mdp(states=5, successors=2))), bellman._Dynamics)
+
+
+@pytest.mark.parametrize("route", ["numpy", "torch"])
+def test_solve_and_policy_iteration_at_gamma_zero_take_the_best_reward(monkeypatch, route):
+    if route == "torch":
+        monkeypatch.setattr(bellman, "_dynamics", bellman._Dynamics)
+    for mdp in (random_mdp(states=6, gamma=0.0), random_mdp(3, states=6, gamma=0.0)):
+        for solution in (solve(mdp, 1e-8), policy_iteration(mdp)):
+            torch.testing.assert_close(solution.values, mdp.rewards.amax(-1), rtol=0, atol=1e-15)
+            assert torch.equal(solution.policy, mdp.rewards.argmax(-1))
+
+
+@pytest.mark.parametrize("actions", [1, 2, 3, 6])
+def test_numpy_route_maximum_is_the_max_over_actions(actions):
+    q = torch.randn(2, 7, actions, generator=torch.Generator().manual_seed(actions), dtype=F64).numpy()
+    out = numpy.empty((2, 7))
+    assert bellman._HostDynamics.maximum(q, out) is out
+    numpy.testing.assert_array_equal(out, q.max(-1))
+
+
+@pytest.mark.parametrize("route", ["numpy", "torch"])
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "FrozenLake8x8-v1", "CliffWalking-v1"])
+def test_both_routes_match_pymdptoolbox(monkeypatch, env_id, route):
+    """The torch route (CUDA's) run on the CPU, and the numpy route, against pymdptoolbox."""
+    if route == "torch":
+        monkeypatch.setattr(bellman, "_dynamics", bellman._Dynamics)
+    mdp = gym_mdp(env_id)
+    for solution in (solve(mdp, 1e-10), policy_iteration(mdp)):
+        assert all(isinstance(x, torch.Tensor) and x.device == mdp.device for x in solution[:3] + solution[4:])
+        torch.testing.assert_close(solution.values, toolbox_values(env_id), rtol=0, atol=1e-9)
+        assert float(solution.error_bound) <= 1e-10
+        assert_consistent(mdp, solution)
+
+
+@pytest.mark.parametrize("route", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    ("actions", "gamma", "tol"),  # γ = 0.5: certified within the sweeps; the others: by policy iteration
+    [(1, 0.9, 1e-8), (2, 0.99, 1e-6), (3, 0.5, 1e-3), (4, 0.99, 1e-8), (5, 0.95, 1e-10)],
+)
+def test_solve_certifies_random_batches_against_pymdptoolbox(monkeypatch, route, actions, gamma, tol):
+    """``error_bound`` bounds the distance to an independent ``V*``, member by member, and is ``≤ tol``."""
+    if route == "torch":
+        monkeypatch.setattr(bellman, "_dynamics", bellman._Dynamics)
+    mdp = random_mdp(3, 5, states=24, actions=actions, gamma=gamma, seed=actions)
+    solution = solve(mdp, tol)
+    assert_consistent(mdp, solution)
+    assert (solution.error_bound <= tol).all()
+    for index, member in enumerate(members(mdp)):
+        position = divmod(index, 5)
+        error = (solution.values[position] - toolbox_policy_iteration(member)).abs().max()
+        assert error <= solution.error_bound[position] + 1e-12
+    exact = policy_iteration(mdp)
+    torch.testing.assert_close(exact.values, solution.values, rtol=0, atol=2 * tol)
+    assert (exact.error_bound <= 1e-10).all()
+
+
 # ---------------------------------------------------------------------------------------- finite horizon
 @pytest.mark.parametrize("gamma", [1.0, 0.8, 0.0])
 def test_backward_induction_matches_plain_loops(device, gamma):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA device: the CUDA-parametrised tests, `lagrl check` and `lagrl verify` on CUDA and the
+# On a machine with a CUDA device: the CUDA-parametrised tests, `lagrl check`, `lagrl verify` and `lagrl train` on CUDA and the
 # benchmarks, in one go. Uses the machine's own torch and packages; lagrl (with lagrl.envs, mapped from envs/)
 # is installed from this checkout without dependencies and without the network.
 set -euo pipefail
@@ -12,3 +12,6 @@ python3 -m lagrl.cli check --device cuda --steps 1000
 python3 experiments/benchmarks/optim_bench.py --device cuda --repeats 9
 python3 -m lagrl.cli verify --device cuda
 python3 experiments/benchmarks/tabular_bench.py --device cuda
+python3 -m lagrl.cli train --algo ppo --env CartPole-v1 --preconditioner fisher-sqrt --timesteps 4096 --device cuda \
+    --save /tmp/lagrl_gpu_ppo --no-progress
+python3 -m lagrl.cli evaluate /tmp/lagrl_gpu_ppo.zip --device cuda
