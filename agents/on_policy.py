@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
@@ -100,12 +101,14 @@ class _LagrangianOnPolicy(TrajectoryMixin):
 
 
 def _evaluate(model: OnPolicyAlgorithm, data: RolloutBufferSamples) -> tuple[Tensor, Tensor, Tensor | None]:
-    actions = data.actions.long().flatten() if model.action_space.__class__.__name__ == "Discrete" else data.actions
+    """Values, log-probabilities and entropies of the batch's actions under the current policy (as SB3's train)."""
+    actions = data.actions.long().flatten() if isinstance(model.action_space, spaces.Discrete) else data.actions
     values, log_prob, entropy = model.policy.evaluate_actions(data.observations, actions)
     return values.flatten(), log_prob, entropy
 
 
 def _entropy_loss(log_prob: Tensor, entropy: Tensor | None) -> Tensor:
+    """SB3's entropy term: ``−mean(H)``, or ``mean(log π)`` where the distribution has no closed-form entropy."""
     return -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
 
 
