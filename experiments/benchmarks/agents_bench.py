@@ -9,10 +9,13 @@ deterministic 10-episode evaluation every 10k steps (pass: some evaluation ≥ 4
 Printed per preset: median fps and its ratio to SB3's, the median steps to threshold (over the seeds
 that reach it) and its ratio to SB3's, and how many seeds reach it and pass the evaluation.
 
-Runs go to ``--jobs`` worker processes (default 2: this machine has 2 cores; each run uses one thread).
+``--lagrl-hyperparams key=value ...`` overrides the zoo settings of the lagrl presets only (SB3 keeps
+the zoo's), e.g. a step size for the Fisher presets (see experiments/adam_vs_true_fisher.py). Runs go
+to ``--jobs`` worker processes (default 2: this machine has 2 cores; each run uses one thread).
 
     python experiments/benchmarks/agents_bench.py [--seeds 5] [--envs CartPole-v1 Acrobot-v1] \\
-        [--presets adam fisher-sqrt natural] [--jobs 2] [--json results.json]
+        [--presets adam fisher-sqrt natural] [--lagrl-hyperparams learning_rate=lin_0.03] [--jobs 2] \\
+        [--json results.json]
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import multiprocessing
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -84,10 +89,11 @@ class Progress(BaseCallback):
                 self.reached = self.num_timesteps
 
 
-def run(env_id: str, preset: str, seed: int) -> Run:
-    """One training run; ``preset == "sb3"`` is SB3's own PPO with the same settings."""
+def run(env_id: str, preset: str, seed: int, overrides: dict[str, Any]) -> Run:
+    """One training run; ``preset == "sb3"`` is SB3's own PPO with the zoo settings."""
     torch.set_num_threads(1)
-    plan = plan_run("ppo", env_id, {}, preconditioner=None if preset == "sb3" else preset, seed=seed)
+    sb3 = preset == "sb3"
+    plan = plan_run("ppo", env_id, {} if sb3 else overrides, preconditioner=None if sb3 else preset, seed=seed)
     model = build_model(plan, device="cpu")
     if preset == "sb3":
         kwargs = {key: value for key, value in plan.kwargs.items() if key != "preconditioner"}
@@ -111,7 +117,7 @@ def run(env_id: str, preset: str, seed: int) -> Run:
     )
 
 
-def _run(arguments: tuple[str, str, int]) -> Run:
+def _run(arguments: tuple[str, str, int, dict[str, Any]]) -> Run:
     result = run(*arguments)
     print(
         f"  {result.env:12} {result.preset:12} seed {result.seed}: {result.fps:7.0f} fps, "
@@ -150,16 +156,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--envs", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     parser.add_argument("--presets", nargs="+", default=["adam", "fisher-sqrt", "natural"])
+    parser.add_argument("--lagrl-hyperparams", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", help="write every run as a JSON list")
     args = parser.parse_args()
+    pairs = (item.partition("=") for item in args.lagrl_hyperparams)
+    overrides = {key: yaml.safe_load(value) for key, _, value in pairs}
     jobs = [
-        (env_id, preset, seed)
+        (env_id, preset, seed, overrides)
         for env_id in args.envs
         for seed in range(args.seeds)
         for preset in ["sb3", *args.presets]
     ]
     print(f"torch {torch.__version__}, {len(jobs)} runs on {args.jobs} processes, one thread each")
+    print(f"zoo settings; lagrl presets overridden with {overrides}" if overrides else "zoo settings")
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         runs = pool.map(_run, jobs, chunksize=1)
     summarise(runs, args.presets)
