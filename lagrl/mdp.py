@@ -215,6 +215,10 @@ class TabularMDP:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             cached = rows.to_sparse_csr()
+            if cached.values().numel() < 2**31 and max(cached.shape) < 2**31:
+                # int32 indices: the CPU kernel converts int64 ones on every product (Taxi's GEMV: 26 → 19 µs)
+                crow, col = cached.crow_indices().int(), cached.col_indices().int()
+                cached = torch.sparse_csr_tensor(crow, col, cached.values(), cached.shape, check_invariants=False)
         object.__setattr__(self, "_rows", cached)
         return cached
 
