@@ -36,7 +36,7 @@ from lagrl.agents.trajectory import TrajectoryMixin, optimizer_metric
 from lagrl.bellman import bellman_backup, solve
 from lagrl.fisher import DiagonalFisher
 from lagrl.mdp import TabularMDP
-from lagrl.optim import LagrangianOptimizer, MetricBlock
+from lagrl.optim import LagrangianOptimizer, MetricBlock, diagonal_metric
 from lagrl.trajectory import identity_metric
 
 SelfTabular = TypeVar("SelfTabular", bound="_TabularAlgorithm")
@@ -306,8 +306,8 @@ class EntrywiseLagrangianOptimizer(LagrangianOptimizer):
                 state = self.state[param]
                 visited = state["visits"] > 0
                 fisher = state["exp_avg_sq"] / (1 - beta2 ** state["visits"]).where(visited, 1.0)
-                root = fisher.pow(rho).add_(group["eps"])
-                blocks.append(MetricBlock([param], DiagonalFisher(root.pow_(1 / rho).where(visited, 1.0)), rho))
+                metric = diagonal_metric(fisher, rho, group["eps"]).diagonal.where(visited, 1.0)
+                blocks.append(MetricBlock([param], DiagonalFisher(metric), rho))
         return blocks
 
 

@@ -64,6 +64,11 @@ def fractional_power(values: Tensor, rho: float) -> Tensor:
     return values.log().mul_(rho).exp_()
 
 
+def diagonal_metric(fisher: Tensor, rho: float, eps: float) -> DiagonalFisher:
+    """The diagonal step's metric ``M = (F̂^ρ + ε)^{1/ρ}``, so that ``M^{-ρ} = 1/(F̂^ρ + ε)`` (Adam's damping)."""
+    return DiagonalFisher(fractional_power(fisher, rho).add_(eps).pow_(1.0 / rho))
+
+
 def _parameter_name(group: dict[str, Any], index: int) -> str:
     """The name of ``group["params"][index]`` (from named parameters), else its index and shape."""
     names = group.get("param_names")
@@ -505,8 +510,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 if rho == 0 or fisher is None:
                     blocks.append(MetricBlock([param], None, rho))
                     continue
-                root = fractional_power(fisher / self._fisher_correction(group, state), rho).add_(eps)
-                blocks.append(MetricBlock([param], DiagonalFisher(root.pow_(1.0 / rho)), rho))
+                corrected = fisher / self._fisher_correction(group, state)
+                blocks.append(MetricBlock([param], diagonal_metric(corrected, rho, eps), rho))
         return blocks
 
     def _fisher_correction(self, group: dict[str, Any], state: dict[str, Any]) -> float:
