@@ -23,7 +23,8 @@ Powers use damping ``(F + λI)^e``; inverse roots need it wherever ``F`` is sing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,13 +47,60 @@ def _check_exponent(exponent: float, damping: float) -> None:
         raise ValueError("exponent is NaN")
 
 
+def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """``M = U diag(w) Uᵀ`` in float64, with one shifted retry where LAPACK fails to converge.
+
+    Float64 for accuracy: K-FAC factors span many orders of magnitude, and a float32 decomposition
+    loses every eigenvalue below ``eps32 · max|w|``, which the damped inverse root then amplifies.
+    The retry decomposes ``(M + Mᵀ)/2 + δI``, ``δ = √eps · max|M|``: it has ``M``'s eigenvectors and
+    eigenvalues ``w + δ`` exactly, so ``w`` is recovered to float64 rounding, while the shift changes
+    the solver's rounding path (exact zeros, on which LAPACK's divide-and-conquer can fail, become
+    ``δ``); a ``RuntimeWarning`` says it happened.
+    """
+    work = matrix.to(torch.float64)
+    try:
+        return torch.linalg.eigh(work)
+    except torch.linalg.LinAlgError as error:
+        if not bool(torch.isfinite(matrix).all()):
+            raise ValueError("Fisher matrix contains NaN or inf; check the gradients it was estimated from") from error
+    shift = math.sqrt(torch.finfo(torch.float64).eps) * max(float(work.abs().amax()), torch.finfo(torch.float64).tiny)
+    warnings.warn(
+        f"eigh of a {tuple(matrix.shape)} Fisher matrix failed to converge in float64; retrying on the "
+        f"symmetrised matrix shifted by {shift:.2e}·I (same eigenvectors, eigenvalues shifted back)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    identity = torch.eye(work.shape[-1], dtype=work.dtype, device=work.device)
+    try:
+        eigenvalues, eigenvectors = torch.linalg.eigh((work + work.mT) / 2 + shift * identity)
+    except torch.linalg.LinAlgError as error:
+        raise ValueError(
+            f"the eigendecomposition of a {tuple(matrix.shape)} Fisher matrix failed to converge, in float64 and "
+            "after a shift; the matrix is too degenerate for LAPACK: use a diagonal Fisher for this layer"
+        ) from error
+    return eigenvalues - shift, eigenvectors
+
+
 def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
     """``(M + λI)^e`` for a symmetric positive (semi-)definite ``M`` by symmetric eigendecomposition.
 
     ``M = U diag(w) Uᵀ`` gives ``(M + λI)^e = U diag((w + λ)^e) Uᵀ``: the symmetric (principal)
     power, so ``e = −½`` is the symmetric inverse root of THEORY §5. A negative exponent needs a
     positive definite ``M + λI``; a positive one needs it positive semi-definite. Batched over
-    leading dimensions.
+    leading dimensions. The decomposition runs in float64 (:func:`_eigh`) and the result is returned
+    in ``M``'s dtype.
+
+    Exactly zero rows and columns of a single matrix (the K-FAC input factor of one-hot observations
+    has one per unvisited state; dead units give them too) are split off first: up to a permutation
+    ``M = M_LL ⊕ 0``, so ``(M + λI)^e = (M_LL + λI)^e ⊕ λ^e I``. Besides being cheaper, this removes
+    what made ``torch.linalg.eigh`` fail to converge on such factors (LAPACK's divide-and-conquer,
+    ``ssyevd`` and even ``dsyevd``, on a large exactly degenerate zero eigenspace coupled through the
+    bias row).
+
+    Rounding: ``M`` is known to its own dtype's precision, so eigenvalues within
+    ``n · eps(M.dtype) · max|w|`` of 0 are rounding noise of a PSD matrix and are taken as
+    ``max(w, 0)``: with ``λ > 0`` every negative power of a PSD ``M`` then exists, however singular or
+    ill-conditioned ``M`` is; ``λ = 0`` needs ``w_min`` above that floor.
     """
     _check_exponent(exponent, damping)
     if matrix.ndim < 2 or matrix.shape[-1] != matrix.shape[-2]:
@@ -61,10 +109,27 @@ def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
         raise TypeError(f"expected a floating-point matrix, got {matrix.dtype}; convert it with .double()")
     if matrix.shape[-1] == 0:
         return matrix.clone()
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)  # reads the lower triangle only
+    if matrix.ndim == 2 and (damping > 0 or exponent >= 0):  # else a zero row makes the power not exist
+        live = (matrix != 0).any(dim=0) | (matrix != 0).any(dim=1)
+        if not bool(live.all()):
+            return _split_power(matrix, live.nonzero().squeeze(1), exponent, damping)
+    return _eigen_power(matrix, exponent, damping)
+
+
+def _split_power(matrix: Tensor, live: Tensor, exponent: float, damping: float) -> Tensor:
+    """``(M_LL + λI)^e`` on the rows and columns ``L`` (``live``), ``λ^e`` on the rest of the diagonal."""
+    result = torch.diag(diagonal_power(matrix.new_zeros(len(matrix)), exponent, damping))
+    block = live.unsqueeze(1), live.unsqueeze(0)
+    result[block] = spd_power(matrix[block], exponent, damping)
+    return result
+
+
+def _eigen_power(matrix: Tensor, exponent: float, damping: float) -> Tensor:
+    """:func:`spd_power` by the eigendecomposition of the whole (batch of) matrices."""
+    eigenvalues, eigenvectors = _eigh(matrix)  # reads the lower triangle only
     lowest, highest = torch.aminmax(eigenvalues)
     # One host sync for all checks; NaN or inf anywhere in M makes one of these NaN.
-    asym, lowest, highest = torch.stack([(matrix - matrix.mT).abs().amax(), lowest, highest]).tolist()
+    asym, lowest, highest = torch.stack([(matrix - matrix.mT).abs().amax().double(), lowest, highest]).tolist()
     scale = max(abs(lowest), abs(highest), torch.finfo(matrix.dtype).tiny)
     if not math.isfinite(asym + lowest + highest):
         raise ValueError("Fisher matrix contains NaN or inf; check the gradients it was estimated from")
@@ -72,10 +137,12 @@ def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
         raise ValueError(
             f"Fisher matrix is not symmetric (relative asymmetry {asym / scale:.2e}); symmetrise it with (M + M.T) / 2"
         )
-    smallest = lowest + damping
     # Rounding leaves eigenvalues of a singular PSD matrix at about n·eps·max|w| on either side of 0.
     floor = matrix.shape[-1] * torch.finfo(matrix.dtype).eps * scale
-    if exponent < 0 and smallest <= floor:
+    psd = lowest >= -floor
+    smallest = (max(lowest, 0.0) if psd else lowest) + damping
+    # A PSD M plus λ > 0 is positive definite exactly; otherwise M + λI must clear the rounding floor.
+    if exponent < 0 and smallest <= floor and not (psd and damping > 0):
         raise ValueError(
             f"Fisher matrix is not positive definite (smallest eigenvalue {smallest:.3e} after "
             f"damping {damping:g}), so its power {exponent:g} does not exist; add damping, "
@@ -86,9 +153,9 @@ def spd_power(matrix: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
             f"Fisher matrix is not positive semi-definite (smallest eigenvalue {smallest:.3e}); "
             "a Fisher estimate is PSD by construction, so check how it was built, or add damping"
         )
-    eigenvalues = eigenvalues + damping
+    eigenvalues = torch.where(eigenvalues >= -floor, eigenvalues.clamp_min(0.0), eigenvalues) + damping
     powered = eigenvalues.clamp_min(0.0).pow(exponent) if exponent != 0 else torch.ones_like(eigenvalues)
-    return (eigenvectors * powered.unsqueeze(-2)) @ eigenvectors.mT
+    return ((eigenvectors * powered.unsqueeze(-2)) @ eigenvectors.mT).to(matrix.dtype)
 
 
 def diagonal_power(diagonal: Tensor, exponent: float, damping: float = 0.0) -> Tensor:
@@ -263,6 +330,19 @@ def _trainable(model: nn.Module) -> dict[str, Tensor]:
     return params
 
 
+def _selected(model: nn.Module, names: Collection[str] | None) -> dict[str, Tensor]:
+    """The trainable parameters named in ``names`` (all of them for ``None``), in ``named_parameters()`` order."""
+    params = _trainable(model)
+    if names is None:
+        return params
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise ValueError(f"params {unknown} are not trainable parameters of the model; it has {list(params)}")
+    if not names:
+        raise ValueError("params is empty; the Fisher would be empty")
+    return {name: p for name, p in params.items() if name in names}
+
+
 def _check_lengths(inputs: Tensor, targets: Tensor) -> None:
     if len(inputs) != len(targets):
         raise ValueError(
@@ -276,17 +356,20 @@ def per_sample_grads(
     targets: Tensor,
     *,
     distribution: Callable[[Tensor], Distribution] | None = None,
+    params: Collection[str] | None = None,
 ) -> dict[str, Tensor]:
     """Per-sample scores ``∇θ log p(y_i | x_i; θ)``, the factors of Eqs. 23–24.
 
     Each input row is one sample: the model is called (under ``torch.func.vmap``) on ``x_i`` with a
     leading batch dimension of 1, and ``log p`` is summed over the distribution's remaining batch and
     event dimensions. Returns one ``(N, *param.shape)`` tensor per trainable parameter, in
-    ``named_parameters()`` order; frozen parameters are excluded. Distribution argument validation is
-    switched off while tracing (its data-dependent checks break ``vmap``); dropout must be off (eval mode).
+    ``named_parameters()`` order; frozen parameters are excluded. ``params`` (names) restricts the
+    scores to those parameters, the others held at their values (memory is ``N ×`` their size). Distribution
+    argument validation is switched off while tracing (its data-dependent checks break ``vmap``); dropout
+    must be off (eval mode).
     """
     _check_lengths(inputs, targets)
-    params = {name: p.detach() for name, p in _trainable(model).items()}
+    params = {name: p.detach() for name, p in _selected(model, params).items()}
 
     def log_prob(theta: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         dist = _predict(lambda z: functional_call(model, theta, (z,)), x.unsqueeze(0), distribution)
@@ -438,6 +521,7 @@ def fisher(
     distribution: Callable[[Tensor], Distribution] | None = None,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
+    params: Collection[str] | None = None,
 ) -> dict[str, DiagonalFisher] | DenseFisher | dict[str, KroneckerFisher]:
     """Estimate ``F(θ) = E[∇θ log p(y|x) ∇θ log p(y|x)ᵀ]`` (Eqs. 23–24) over the rows of ``inputs``.
 
@@ -451,15 +535,20 @@ def fisher(
     ``"kfac"`` → ``{module name: KroneckerFisher}`` for each ``nn.Linear`` with trainable parameters,
     ``A = E_x[a aᵀ]`` (bias-augmented layer inputs) and ``G = E_x E_y[δ δᵀ]``, ``δ = ∇_s log p`` at the
     layer output ``s``. Results are on the inputs' device in the model's dtype.
+
+    ``params`` (``"diagonal"`` and ``"full"`` only): the names of the trainable parameters to estimate
+    the Fisher of, the others held fixed (default: all), e.g. the parameters a K-FAC pass did not cover.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; choose one of {FORMS}")
+    if form == "kfac" and params is not None:
+        raise ValueError("params= selects parameters for form='diagonal' or 'full'; form='kfac' covers every nn.Linear")
     inputs, targets, weights = _weighted_samples(model, inputs, targets, kind, distribution, num_samples, generator)
     if form == "kfac":
         return _kfac(model, inputs, targets, weights, distribution)
-    grads = per_sample_grads(model, inputs, targets, distribution=distribution)
+    grads = per_sample_grads(model, inputs, targets, distribution=distribution, params=params)
     if form == "diagonal":
         return {name: DiagonalFisher(torch.einsum("m,m...->...", weights, g.square())) for name, g in grads.items()}
     scores = torch.cat([g.reshape(len(g), -1) for g in grads.values()], dim=1)

@@ -1,6 +1,7 @@
 """Tests of lagrl.fisher: representations and estimators against closed forms and explicit loops."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -128,6 +129,141 @@ def test_kronecker_power_matvec(device, exponent):
     assert torch.allclose(k.matvec(x).flatten(), k.to_dense() @ x.flatten(), atol=1e-12)
 
 
+# The K-FAC input factor of the policy's first layer in `lagrl train --algo ppo --env Taxi-v4 --preconditioner
+# fisher-sqrt` (first update, 8 envs × 256 steps): "state:visits" of the 185 states visited in its 2,048 one-hot
+# rows; the other 315 states were not visited.
+TAXI_VISITS = """
+2:4 4:28 7:1 11:1 12:19 14:16 18:3 22:18 24:35 27:9 32:11 34:12 38:5 42:19 46:1 47:11 48:8 49:16 51:17 52:16
+54:22 58:13 62:21 66:2 67:14 68:9 69:13 71:18 72:10 74:18 78:14 82:7 86:1 87:9 88:13 89:8 91:11 92:18 94:13
+98:1 99:3 102:12 104:10 107:10 111:3 112:9 114:12 118:3 122:7 124:10 127:19 131:1 132:12 134:25 138:3 142:21
+147:3 148:6 149:26 151:19 152:15 154:21 158:17 162:10 167:1 168:12 169:17 171:14 172:7 174:10 178:4 179:1
+182:10 187:9 188:4 189:5 191:18 192:13 194:6 199:6 202:24 204:5 207:11 209:2 211:1 212:5 214:17 222:6 224:3
+227:11 229:3 231:7 232:11 234:11 238:5 242:11 247:6 248:4 249:13 251:6 252:13 254:15 258:6 262:9 267:6 268:10
+269:15 271:11 272:2 274:16 278:4 279:1 282:21 287:11 288:20 289:7 291:8 292:5 294:7 299:2 302:1 304:6 307:18
+309:2 312:2 314:76 317:5 322:7 324:1 327:9 329:4 331:11 334:2 342:12 344:6 347:6 348:1 349:4 351:6 354:7
+362:12 367:19 368:17 369:4 371:15 372:11 374:2 378:6 379:1 382:19 387:25 388:18 391:13 392:10 394:2 399:3
+407:7 409:28 414:80 417:9 422:3 424:4 427:7 429:17 431:5 442:2 444:2 447:6 451:5 462:22 467:42 468:54 469:2
+471:8 472:4 474:3 478:5 479:5 482:31 487:40 488:24 491:2 492:7 494:5 499:6
+"""
+
+
+def one_hot_factor(states: torch.Tensor, num_states: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """K-FAC's ``A = E[a aᵀ]`` over rows ``a = [onehot(s), 1]`` (a layer with a bias fed one-hot observations)."""
+    rows = torch.cat([nn.functional.one_hot(states, num_states), torch.ones(len(states), 1, dtype=torch.long)], 1)
+    rows = rows.to(dtype=dtype, device=device)
+    return rows.T @ rows / len(rows)
+
+
+def block_power(matrix: torch.Tensor, exponent: float, damping: float) -> np.ndarray:
+    """``(M + λI)^e`` of a one-hot factor by its block structure, in float64 numpy (its own LAPACK), ``λ > 0``.
+
+    Rows and columns of unvisited states are zero, so ``M + λI`` is ``(M_VV + λI) ⊕ λI`` over the
+    visited states (and the bias) ``V`` and the rest.
+    """
+    m = matrix.double().cpu().numpy()
+    visited = np.flatnonzero(np.abs(m).sum(1))
+    result = np.diag(np.full(len(m), damping**exponent))
+    w, v = np.linalg.eigh(m[np.ix_(visited, visited)])
+    result[np.ix_(visited, visited)] = (v * (w + damping) ** exponent) @ v.T
+    return result
+
+
+def test_kfac_power_of_the_taxi_one_hot_factor(device):
+    """The factor (to float32 rounding) that made torch.linalg.eigh (float32, MKL's ssyevd) fail to converge.
+
+    Its failure: 315 exactly zero rows and columns (a 315-fold zero eigenvalue) coupled to the visited
+    states through the bias row and column (with 1e-30 in place of those zero diagonal entries it converges).
+    spd_power splits them off and decomposes the rest in float64: K-FAC's damped powers must match the
+    block reference to float32 rounding (1e-5 of their largest entry).
+    """
+    visits = [tuple(map(int, pair.split(":"))) for pair in TAXI_VISITS.split()]
+    states = torch.cat([torch.full((count,), state) for state, count in visits])
+    assert len(states) == 2048
+    a = one_hot_factor(states, 500, torch.float32, device)
+    damping = 1e-3
+    for exponent in (-0.5, -1.0):
+        powered = KroneckerFisher(a, torch.eye(2, device=device)).power(exponent, damping).input_factor
+        assert powered.dtype == torch.float32 and bool(torch.isfinite(powered).all())
+        expected = block_power(a, exponent, damping**0.5)
+        np.testing.assert_allclose(powered.cpu().numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spd_power_of_rank_deficient_one_hot_factors(device, dtype):
+    """One-hot input factors, 20 of 200 states visited and 10 of 500 (4,096 rows): MKL's eigh of the whole
+    matrix fails on the first in float32 and on the second even in float64. spd_power splits the zero rows
+    off, with no warning and no retry, and matches the block reference; undamped, it has no inverse power.
+    """
+    for num_states, visited, seed in ((200, 20, 0), (500, 10, 2)):
+        g = gen(seed)
+        pool = torch.randperm(num_states, generator=g)[:visited]
+        a = one_hot_factor(pool[torch.randint(visited, (4096,), generator=g)], num_states, dtype, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            powered = spd_power(a, -0.5, damping=0.03)
+            root = spd_power(a, 0.5).double().cpu().numpy()  # undamped: the zero eigenvalues stay 0
+        expected = block_power(a, -0.5, 0.03)
+        np.testing.assert_allclose(powered.cpu().numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_allclose(root @ root, a.double().cpu().numpy(), rtol=0, atol=1e-5)
+        assert torch.allclose(spd_power(a, 0.0), torch.eye(len(a), dtype=dtype, device=device), atol=1e-6)
+        with pytest.raises(ValueError, match="not positive definite.*add damping"):
+            spd_power(a, -0.5)
+
+
+@pytest.mark.parametrize("exponent, damping", [(-0.5, 1e-3), (-1.0, 1e-2), (-0.5, 1e-6), (0.5, 0.0), (1.0, 0.0)])
+def test_spd_power_of_an_ill_conditioned_float32_factor(device, exponent, damping):
+    """Eigenvalues 1e-12 … 1e4 stored in float32: the power matches a float64 numpy reference to 1e-6 of its scale.
+
+    The reference decomposes the same float32 matrix in float64 and, as documented, takes its eigenvalues
+    within ``n · eps32 · max|w|`` of 0 (float32 rounding of a PSD matrix) as ``max(w, 0)``. A float32
+    decomposition gets (−0.5, 1e-3) wrong by 70 % and (−0.5, 1e-6) NaN.
+    """
+    n = 40
+    u = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=gen(0)))[0]
+    m = u @ torch.diag(torch.logspace(-12, 4, n, dtype=F64)) @ u.T
+    m = ((m + m.T) / 2).float().to(device)
+    w, v = np.linalg.eigh(m.double().cpu().numpy())
+    floor = n * np.finfo(np.float32).eps * np.abs(w).max()
+    w = np.where(w >= -floor, np.clip(w, 0, None), w) + damping
+    expected = (v * w**exponent) @ v.T
+    got = spd_power(m, exponent, damping)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().cpu().numpy(), expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+
+
+def test_spd_power_eigh_fallback(monkeypatch):
+    """Where LAPACK fails in float64 too: one retry on the shifted matrix, with a warning; then a clear error."""
+    m = random_spd(6, 4, "cpu", shift=0.0)
+    m = m @ torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=F64)) @ m  # singular PSD
+    expected = spd_power(m, -0.5, damping=0.1)
+    eigh, calls = torch.linalg.eigh, []
+
+    def failing_once(matrix):
+        calls.append(matrix)
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return eigh(matrix)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_once)
+    with pytest.warns(RuntimeWarning, match="failed to converge in float64; retrying"):
+        got = spd_power(m, -0.5, damping=0.1)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    shift = float(calls[1][0, 0] - m[0, 0])
+    assert 0 < shift < 1e-7 * float(m.abs().max())
+
+    def failing(matrix):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    with (
+        pytest.warns(RuntimeWarning),
+        pytest.raises(ValueError, match="failed to converge, in float64 and after a shift"),
+    ):
+        spd_power(m, -0.5, damping=0.1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        spd_power(torch.full((2, 2), math.nan, dtype=F64), 0.5)
+
+
 def test_diagonal_power(device):
     d = torch.tensor([[4.0, 1.0], [0.25, 9.0]], dtype=F64, device=device)
     assert torch.allclose(DiagonalFisher(d).power(-0.5).diagonal, d.rsqrt())
@@ -212,6 +348,26 @@ def test_per_sample_grads_match_loop(device):
     flat = torch.stack([torch.cat([t.flatten() for t in g]) for g in loop])
     full = fisher(model, x, y, kind="empirical", form="full", distribution=categorical).matrix
     assert torch.allclose(full, flat.T @ flat / len(x), atol=1e-12)
+
+
+def test_params_restrict_the_estimate(device):
+    """``params=`` estimates the named parameters only, with the values the full estimate gives them."""
+    model = mlp(device)
+    x = torch.randn(7, 3, dtype=F64, generator=gen(2)).to(device)
+    y = torch.randint(0, 3, (7,), generator=gen(3)).to(device)
+    diag = fisher(model, x, y, kind="empirical", distribution=categorical)
+    some = fisher(model, x, y, kind="empirical", distribution=categorical, params=["2.weight", "0.bias"])
+    assert list(some) == ["0.bias", "2.weight"]  # named_parameters() order
+    for name, block in some.items():
+        assert torch.allclose(block.diagonal, diag[name].diagonal, atol=1e-12)
+    full = fisher(model, x, y, kind="empirical", form="full", distribution=categorical, params=["2.bias"]).matrix
+    assert torch.allclose(full.diagonal(), diag["2.bias"].diagonal, atol=1e-12)
+    with pytest.raises(ValueError, match=r"params \['2\.w'\] are not trainable"):
+        fisher(model, x, y, kind="empirical", distribution=categorical, params=["2.w"])
+    with pytest.raises(ValueError, match="params is empty"):
+        fisher(model, x, y, kind="empirical", distribution=categorical, params=[])
+    with pytest.raises(ValueError, match="form='kfac' covers every nn.Linear"):
+        fisher(model, x, y, kind="empirical", form="kfac", distribution=categorical, params=["2.bias"])
 
 
 def test_sample_targets_alignment_and_rng(device):
