@@ -7,7 +7,9 @@ none of β1, β2, bias correction or ε; lagrl treats them as the estimator's):
 2. Fisher estimate    diagonal ``v_t = β2 v_{t−1} + (1 − β2) g_t²``, ``F̂ = v_t / (1 − β2^t)``;
                       full ``F̂`` from ``g gᵀ``; or K-FAC factors ``A``, ``G`` per ``nn.Linear``
 3. precondition       ``u = F̂^{-ρ} ĝ`` with damping ε
-4. step               ``θ ← θ − lr · u``
+4. step               ``θ ← θ − η · u``: ``η = lr`` (``step_rule="lr"``), or a scale from the Lagrangian
+                      (``"energy"``: ``½ η² uᵀMu = δ`` per step and param group; ``"graft"``: Adam's
+                      step length per block), see :mod:`lagrl.step_size`
 
 ρ = 0 is momentum SGD (no Fisher is kept), ρ = ½ with the diagonal Fisher is Adam (Eq. 32; RMSprop,
 Eq. 31, without the first moment and bias correction), ρ = 1 the natural gradient.
@@ -46,9 +48,11 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lagrl.fisher import DenseFisher, DiagonalFisher, Fisher, KroneckerFisher, kfac_inputs, spd_power
+from lagrl.step_size import check_step_rule, energy_step_size
 
 FISHER_FORMS = ("diagonal", "full", "kfac")
 FISHER_SOURCES = ("gradients", "external")
+GRAFT_EPS = 1e-8  # torch.optim.Adam's default ε, for the Adam step whose length "graft" borrows
 
 
 def fractional_power(values: Tensor, rho: float) -> Tensor:
@@ -85,6 +89,28 @@ class MetricBlock(NamedTuple):
     params: list[Tensor]
     metric: Fisher | None
     rho: float
+
+
+class _Direction(NamedTuple):
+    """One block's step before its size is chosen: the step is ``−(η / bc1) · update`` on ``views``.
+
+    ``update`` is ``F̂^{-ρ} m_t`` in the block's layout (``[W | b]`` for K-FAC, flat for full), split
+    over ``views`` along ``axis``; ``energy`` is ``updateᵀ M update`` in the step's metric (computed
+    for ``step_rule="energy"`` only); ``adam`` Adam's step per unit lr (``"graft"`` only).
+    """
+
+    views: list[Tensor]
+    update: Tensor
+    axis: int
+    bc1: float
+    energy: Tensor
+    adam: Tensor | None
+
+    def apply(self, eta: float) -> None:
+        sizes = [view.shape[self.axis] if view.ndim > self.axis else view.numel() for view in self.views]
+        parts = [self.update] if len(self.views) == 1 else self.update.split(sizes, dim=self.axis)
+        for view, part in zip(self.views, parts):
+            view.add_(part.view_as(view), alpha=-eta / self.bc1)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -134,6 +160,11 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         model: the module whose ``nn.Linear`` layers K-FAC hooks into (see :meth:`attach`).
         fisher_source: ``"gradients"`` (stage 2 from the gradients the optimizer sees) or
             ``"external"`` (the estimate last given to :meth:`set_fisher`).
+        step_rule: ``"lr"`` (``η = lr``), ``"energy"`` (``η = (lr / initial_lr) · sqrt(2δ / uᵀMu)``: each
+            step of a param group has kinetic energy ``½ ΔθᵀMΔθ = δ·(lr/initial_lr)²`` in the step's
+            metric ``M``, so a schedule on ``lr`` scales the step, not its units) or ``"graft"`` (per
+            block, the length of Adam's step ``lr · m̂/(√v̂ + 1e-8)`` with the direction ``u``).
+        energy_budget: ``δ`` of ``step_rule="energy"``.
     """
 
     fisher_state_key = "exp_avg_sq"
@@ -155,8 +186,11 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         update_interval: int = 1,
         model: nn.Module | None = None,
         fisher_source: str = "gradients",
+        step_rule: str = "lr",
+        energy_budget: float = 1e-3,
     ) -> None:
         _check_hyperparameters(lr, rho, betas, eps, weight_decay)
+        check_step_rule(step_rule, energy_budget)
         if fisher not in FISHER_FORMS:
             raise ValueError(f"unknown fisher form {fisher!r}; choose one of {FISHER_FORMS}")
         if fisher_source not in FISHER_SOURCES:
@@ -178,8 +212,14 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             fisher=fisher,
             update_interval=update_interval,
             fisher_source=fisher_source,
+            step_rule=step_rule,
+            energy_budget=energy_budget,
         )
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            check_step_rule(group["step_rule"], group["energy_budget"])
+            if group["step_rule"] == "energy":
+                group.setdefault("initial_lr", group["lr"])  # torch's LR schedulers use the same key
         self._kfac_layers: dict[Tensor, nn.Linear] = {}
         self._kfac_biases: set[Tensor] = set()
         self._pending_factors: dict[Tensor, tuple[Tensor, Tensor]] = {}
@@ -247,7 +287,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             if group["fisher_source"] == "external" and group["rho"] != 0:
                 self._check_external(group, params)
             if group["fisher"] == "full":
-                self._full_step(group)
+                self._apply(group, [self._full_direction(group)])
                 continue
             layers = self._kfac_layers if group["fisher"] == "kfac" else {}
             if group["fisher"] == "kfac" and not layers:
@@ -255,11 +295,42 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             diagonal = [p for p in params if p not in layers and p not in self._kfac_biases]
             kfac = [p for p in params if p in layers]
             steps = self._advance_steps(diagonal + kfac)
+            directions = []
             for param, step in zip(diagonal, steps):
-                self._diagonal_step(group, param, step)
+                if group["step_rule"] == "lr":
+                    self._diagonal_step(group, param, step)  # Adam's own ops, for bit-identity
+                else:
+                    directions.append(self._diagonal_direction(group, param, step))
             for param, step in zip(kfac, steps[len(diagonal) :]):
-                self._kfac_step(group, layers[param], step)
+                directions.append(self._kfac_direction(group, layers[param], step))
+            self._apply(group, directions)
         return loss
+
+    def _apply(self, group: dict[str, Any], directions: list[_Direction]) -> None:
+        """Stage 4: ``θ ← θ − η u`` with ``η`` from the group's ``step_rule`` (see :mod:`lagrl.step_size`)."""
+        if not directions:
+            return
+        rule = group["step_rule"]
+        if rule == "lr":
+            for direction in directions:
+                direction.apply(group["lr"])
+        elif rule == "energy":
+            energy = torch.stack([d.energy / d.bc1**2 for d in directions]).sum().item()
+            eta = energy_step_size(energy, group["energy_budget"])
+            # The first step of an update fixes the cap: a gradient that shrinks within the update (PPO's
+            # clipping, a converging epoch) shrinks the step instead of being scaled back up to δ.
+            cap = group.get("step_size_cap")
+            if cap is None and eta > 0:
+                group["step_size_cap"] = cap = eta
+            eta = eta if cap is None else min(eta, cap)
+            initial = group.setdefault("initial_lr", group["lr"])
+            scale = group["lr"] / initial if initial > 0 else 0.0
+            for direction in directions:
+                direction.apply(scale * eta)
+        else:  # graft: per block, Adam's step length along the direction u
+            norms = torch.stack([torch.stack([d.adam.norm(), d.update.norm() / d.bc1]) for d in directions]).tolist()
+            for direction, (adam_norm, norm) in zip(directions, norms):
+                direction.apply(group["lr"] * adam_norm / norm if norm > 0 else 0.0)
 
     def _check_finite(self, group: dict[str, Any], params: list[Tensor]) -> None:
         # One fused reduction: a sum of norms is finite iff every gradient is (barring overflow of a
@@ -307,18 +378,13 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             return grad
         return grad.add(param, alpha=weight_decay)
 
-    def _diagonal_step(self, group: dict[str, Any], param: Tensor, step: float) -> None:
-        """Diagonal Fisher: ``θ ← θ − lr/(1−β1^t) · m_t / ((v_t/(1−β2^t))^ρ + ε)`` (Eq. 32 at ρ = ½)."""
-        state = self.state[param]
-        grad = param.grad if not group["maximize"] else -param.grad
-        grad = self._decay(group, param, grad)
-        direction = self._gradient_estimate(group, state, grad)
-        beta2, rho = group["betas"][1], group["rho"]
-        bc1, bc2 = self._bias_corrections(group, step)
-        step_size = group["lr"] / bc1
+    def _diagonal_denominator(
+        self, group: dict[str, Any], state: dict[str, Any], param: Tensor, grad: Tensor, bc2: float
+    ) -> Tensor | None:
+        """Stages 2–3 of a diagonal parameter: ``F̂^ρ + ε`` after this step's Fisher update (``None`` where ρ = 0)."""
+        rho = group["rho"]
         if rho == 0:
-            param.add_(direction, alpha=-step_size)
-            return
+            return None
         key = self.fisher_state_key
         external = group["fisher_source"] == "external"
         if external:
@@ -327,7 +393,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             if key not in state:
                 state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
             fisher = state[key]
-            fisher.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            fisher.mul_(group["betas"][1]).addcmul_(grad, grad, value=1 - group["betas"][1])
         if group["amsgrad"]:
             if "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -335,7 +401,46 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         root = fractional_power(fisher, rho)
         if group["bias_correction"] and not external:
             root.div_(bc2**rho)  # in place: the same values as Adam's `/`, one buffer fewer
-        param.addcdiv_(direction, root.add_(group["eps"]), value=-step_size)
+        return root.add_(group["eps"])
+
+    def _diagonal_step(self, group: dict[str, Any], param: Tensor, step: float) -> None:
+        """Diagonal Fisher: ``θ ← θ − lr/(1−β1^t) · m_t / ((v_t/(1−β2^t))^ρ + ε)`` (Eq. 32 at ρ = ½)."""
+        state = self.state[param]
+        grad = param.grad if not group["maximize"] else -param.grad
+        grad = self._decay(group, param, grad)
+        direction = self._gradient_estimate(group, state, grad)
+        bc1, bc2 = self._bias_corrections(group, step)
+        denominator = self._diagonal_denominator(group, state, param, grad, bc2)
+        if denominator is None:
+            param.add_(direction, alpha=-group["lr"] / bc1)
+        else:
+            param.addcdiv_(direction, denominator, value=-group["lr"] / bc1)
+
+    def _diagonal_direction(self, group: dict[str, Any], param: Tensor, step: float) -> _Direction:
+        """The diagonal step's ``u = m_t / (F̂^ρ + ε)`` with its energy ``uᵀMu``, ``M = (F̂^ρ + ε)^{1/ρ}``."""
+        state = self.state[param]
+        grad = param.grad if not group["maximize"] else -param.grad
+        grad = self._decay(group, param, grad)
+        direction = self._gradient_estimate(group, state, grad)
+        bc1, bc2 = self._bias_corrections(group, step)
+        denominator = self._diagonal_denominator(group, state, param, grad, bc2)
+        update = direction if denominator is None else direction / denominator
+        energy = update.square()
+        if denominator is not None:
+            energy.mul_(denominator.pow(1.0 / group["rho"]))
+        return _Direction([param], update, 0, bc1, energy.sum(), self._adam(group, state, grad, direction, bc1, bc2))
+
+    def _adam(
+        self, group: dict[str, Any], state: dict[str, Any], grad: Tensor, direction: Tensor, bc1: float, bc2: float
+    ) -> Tensor | None:
+        """For ``step_rule="graft"``: Adam's step per unit lr, ``m̂ / (√v̂ + 1e-8)``, ``v`` the EMA of ``g²`` (β2)."""
+        if group["step_rule"] != "graft":
+            return None
+        if "graft_exp_avg_sq" not in state:
+            state["graft_exp_avg_sq"] = torch.zeros_like(grad)
+        beta2 = group["betas"][1]
+        second = state["graft_exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        return (direction / bc1).div_((second / bc2).sqrt_().add_(GRAFT_EPS))
 
     def _bias_corrections(self, group: dict[str, Any], step: float) -> tuple[float, float]:
         if not group["bias_correction"]:
@@ -343,8 +448,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         return 1 - beta1**step, 1 - beta2**step
 
-    def _full_step(self, group: dict[str, Any]) -> None:
-        """Full Fisher over the group's flattened parameters: ``u = (F̂ + εI)^{-ρ} ĝ``."""
+    def _full_direction(self, group: dict[str, Any]) -> _Direction:
+        """Full Fisher over the group's flattened parameters: ``u = (F̂ + εI)^{-ρ} m_t``, ``M = F̂ + εI``."""
         params = group["params"]
         missing = [i for i, p in enumerate(params) if p.grad is None]
         if missing:
@@ -352,12 +457,15 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 f"parameter {_parameter_name(group, missing[0])} has no gradient, but fisher='full' needs every "
                 "parameter's gradient: make the loss depend on it, or leave it out of this param group"
             )
-        flat = torch.cat([p.reshape(-1) for p in params])
         grad = torch.cat([p.grad.reshape(-1) for p in params])
         grad = -grad if group["maximize"] else grad
         state = self.state[params[0]]
         (step,) = self._advance_steps([params[0]])
-        grad = self._decay(group, flat, grad)  # decoupled decay scales `flat`, copied back below
+        if group["decoupled_weight_decay"]:
+            for param in params:
+                self._decay(group, param, grad)
+        else:
+            grad = self._decay(group, torch.cat([p.reshape(-1) for p in params]), grad)
         direction = self._gradient_estimate(group, state, grad)
         bc1, bc2 = self._bias_corrections(group, step)
         if group["rho"] == 0:
@@ -372,11 +480,14 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             if (int(step) - 1) % group["update_interval"] == 0:
                 state["fisher_power"] = spd_power(state["fisher_matrix"] / bc2, -group["rho"], group["eps"])
             update = state["fisher_power"] @ direction
-        flat.add_(update, alpha=-group["lr"] / bc1)
-        for param, chunk in zip(params, flat.split([p.numel() for p in params])):
-            param.copy_(chunk.view_as(param))
+        energy = update.new_zeros(())
+        if group["step_rule"] == "energy":
+            metric = self._dense_metric(group, state)
+            energy = update @ (update if metric is None else metric.matvec(update))
+        views = [p.view(-1) for p in params]
+        return _Direction(views, update, 0, bc1, energy, self._adam(group, state, grad, direction, bc1, bc2))
 
-    def _kfac_step(self, group: dict[str, Any], layer: nn.Linear, step: float) -> None:
+    def _kfac_direction(self, group: dict[str, Any], layer: nn.Linear, step: float) -> _Direction:
         """K-FAC block of one ``nn.Linear``: ``U = (G + √ε)^{-ρ} M̂ (A + √ε)^{-ρ}`` on ``[W | b]``."""
         weight, bias = layer.weight, layer.bias
         if bias is not None and bias.grad is None:
@@ -396,18 +507,20 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         rho = group["rho"]
         if rho == 0:
             update = direction
-        elif group["fisher_source"] == "external":
-            update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
         else:
-            self._update_factors(group, state, weight)
-            if (int(step) - 1) % group["update_interval"] == 0:
-                powered = KroneckerFisher(state["input_factor"] / bc2, state["output_factor"] / bc2).power(
-                    -rho, group["eps"]
-                )
-                state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
+            if group["fisher_source"] != "external":
+                self._update_factors(group, state, weight)
+                if (int(step) - 1) % group["update_interval"] == 0:
+                    powered = KroneckerFisher(state["input_factor"] / bc2, state["output_factor"] / bc2).power(
+                        -rho, group["eps"]
+                    )
+                    state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
-        for block, part in zip(blocks, update.split([layer.in_features, 1][: len(blocks)], dim=1)):
-            block.add_(part, alpha=-group["lr"] / bc1)
+        energy = update.new_zeros(())
+        if group["step_rule"] == "energy":
+            metric = self._kronecker_metric(group, state)
+            energy = ((update if metric is None else metric.matvec(update)) * update).sum()
+        return _Direction(blocks, update, 1, bc1, energy, self._adam(group, state, grad, direction, bc1, bc2))
 
     def _check_external(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """Raise, before any state changes, unless every parameter has its supplied Fisher."""
@@ -427,17 +540,36 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                     f"{_parameter_name(group, index)}: call optimizer.set_fisher({{param: estimate}}) before step()"
                 )
 
+    def start_update(self) -> None:
+        """Begin an update (a batch of steps on one estimate, e.g. PPO's epochs on one rollout).
+
+        ``step_rule="energy"``: the first step after this call takes the full budget, ``η₀ =
+        sqrt(2δ / u₀ᵀMu₀)``; later steps take ``min(η₀, sqrt(2δ / uᵀMu))``, so their energy is at most δ
+        and a shrinking gradient shrinks the step. :meth:`set_fisher` calls this.
+        """
+        for group in self.param_groups:
+            group["step_size_cap"] = None
+
     # ------------------------------------------------------------------ external Fisher, metric
     @torch.no_grad()
-    def set_fisher(self, estimates: Mapping[Tensor, Fisher | Tensor]) -> None:
-        """Supply stage 2 for ``fisher_source="external"`` groups, replacing the previous estimate.
+    def set_fisher(self, estimates: Mapping[Tensor, Fisher | Tensor], decay: float = 0.0) -> None:
+        """Supply stage 2 for ``fisher_source="external"`` groups: ``F̂ ← decay · F̂_prev + (1 − decay) · F_new``.
 
         Keys are parameters: a ``DiagonalFisher`` (or a tensor of the parameter's shape) for a
         diagonal parameter; a ``KroneckerFisher`` keyed by the weight of an attached ``nn.Linear``
-        (its bias is covered by the same block); a ``DenseFisher`` keyed by the first parameter of a
-        ``fisher="full"`` group. Matrix powers ``(F + ε)^{-ρ}`` are computed here, once per estimate.
+        (its bias is covered by the same block, and the average is taken factor by factor, as K-FAC
+        does); a ``DenseFisher`` keyed by the first parameter of a ``fisher="full"`` group. ``decay = 0``
+        replaces the previous estimate; the first estimate of a parameter is taken whole. Matrix powers
+        ``(F̂ + ε)^{-ρ}`` are computed here, once per estimate.
         """
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+
+        def blend(previous: Tensor | None, new: Tensor) -> Tensor:
+            return new.detach().clone() if previous is None or decay == 0 else previous.lerp(new, 1 - decay)
+
         groups = {p: group for group in self.param_groups for p in group["params"]}
+        self.start_update()
         for param, estimate in estimates.items():
             group = groups.get(param)
             if group is None:
@@ -452,21 +584,22 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                     raise ValueError(
                         "a KroneckerFisher must be keyed by the weight of an attached nn.Linear: call attach(model)"
                     )
-                state["input_factor"], state["output_factor"] = estimate.input_factor, estimate.output_factor
-                powered = estimate.power(-rho, eps)
+                state["input_factor"] = blend(state.get("input_factor"), estimate.input_factor)
+                state["output_factor"] = blend(state.get("output_factor"), estimate.output_factor)
+                powered = KroneckerFisher(state["input_factor"], state["output_factor"]).power(-rho, eps)
                 state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
             elif isinstance(estimate, DenseFisher):
                 if group["fisher"] != "full" or param is not group["params"][0]:
                     raise ValueError("a DenseFisher must be keyed by the first parameter of a fisher='full' group")
-                state["fisher_matrix"] = estimate.matrix
-                state["fisher_power"] = spd_power(estimate.matrix, -rho, eps)
+                state["fisher_matrix"] = blend(state.get("fisher_matrix"), estimate.matrix)
+                state["fisher_power"] = spd_power(state["fisher_matrix"], -rho, eps)
             else:
                 diagonal = estimate.diagonal if isinstance(estimate, DiagonalFisher) else estimate
                 if diagonal.shape != param.shape:
                     raise ValueError(
                         f"diagonal Fisher of shape {list(diagonal.shape)} for a parameter of shape {list(param.shape)}"
                     )
-                state[self.fisher_state_key] = diagonal.detach().clone()
+                state[self.fisher_state_key] = blend(state.get(self.fisher_state_key), diagonal)
 
     @torch.no_grad()
     def metric(self) -> list[MetricBlock]:
@@ -482,14 +615,8 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             rho, eps = group["rho"], group["eps"]
             if group["fisher"] == "full":
-                state = self.state[group["params"][0]]
-                matrix = state.get("fisher_matrix")
-                if rho == 0 or matrix is None:
-                    blocks.append(MetricBlock(list(group["params"]), None, rho))
-                    continue
-                matrix = matrix / self._fisher_correction(group, state)
-                identity = torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
-                blocks.append(MetricBlock(list(group["params"]), DenseFisher(matrix + eps * identity), rho))
+                metric = self._dense_metric(group, self.state[group["params"][0]])
+                blocks.append(MetricBlock(list(group["params"]), metric, rho))
                 continue
             for param in group["params"]:
                 if param in self._kfac_biases:
@@ -498,13 +625,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 layer = self._kfac_layers.get(param) if group["fisher"] == "kfac" else None
                 if layer is not None:
                     params = [param] if layer.bias is None else [param, layer.bias]
-                    if rho == 0 or "input_factor" not in state:
-                        blocks.append(MetricBlock(params, None, rho))
-                        continue
-                    correction, root = self._fisher_correction(group, state), eps**0.5
-                    factors = [state["input_factor"] / correction, state["output_factor"] / correction]
-                    damped = [f + root * torch.eye(len(f), dtype=f.dtype, device=f.device) for f in factors]
-                    blocks.append(MetricBlock(params, KroneckerFisher(*damped), rho))
+                    blocks.append(MetricBlock(params, self._kronecker_metric(group, state), rho))
                     continue
                 fisher = state.get("max_exp_avg_sq" if group["amsgrad"] else self.fisher_state_key)
                 if rho == 0 or fisher is None:
@@ -513,6 +634,23 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 corrected = fisher / self._fisher_correction(group, state)
                 blocks.append(MetricBlock([param], diagonal_metric(corrected, rho, eps), rho))
         return blocks
+
+    def _dense_metric(self, group: dict[str, Any], state: dict[str, Any]) -> DenseFisher | None:
+        """``M = F̂ + εI`` of a ``fisher="full"`` group (``None``, the identity, where ρ = 0 or no F̂ yet)."""
+        matrix = state.get("fisher_matrix")
+        if group["rho"] == 0 or matrix is None:
+            return None
+        matrix = matrix / self._fisher_correction(group, state)
+        identity = torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
+        return DenseFisher(matrix + group["eps"] * identity)
+
+    def _kronecker_metric(self, group: dict[str, Any], state: dict[str, Any]) -> KroneckerFisher | None:
+        """``M = (A + √ε I) ⊗ (G + √ε I)`` of a K-FAC layer (``None``, the identity, where ρ = 0 or no factors yet)."""
+        if group["rho"] == 0 or "input_factor" not in state:
+            return None
+        correction, root = self._fisher_correction(group, state), group["eps"] ** 0.5
+        factors = [state["input_factor"] / correction, state["output_factor"] / correction]
+        return KroneckerFisher(*(f + root * torch.eye(len(f), dtype=f.dtype, device=f.device) for f in factors))
 
     def _fisher_correction(self, group: dict[str, Any], state: dict[str, Any]) -> float:
         """The bias correction ``1 − β2^t`` of a gradient-sourced EMA Fisher (1 for an external one)."""

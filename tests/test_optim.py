@@ -400,3 +400,19 @@ def test_metric_of_adam_is_its_preconditioner():
         v_hat = state["exp_avg_sq"] / (1 - 0.999 ** float(state["step"]))
         assert block.rho == 0.5
         assert torch.allclose(block.metric.power(-0.5).diagonal, 1 / (v_hat.sqrt() + 1e-6), rtol=1e-5)
+
+
+def test_set_fisher_decay_averages_the_supplied_estimates():
+    """``decay``: F̂ = β F̂_prev + (1 − β) F_new, factor by factor for K-FAC; the first estimate is taken whole."""
+    layer = nn.Linear(2, 2).double()
+    optimizer = LagrangianOptimizer(
+        layer.parameters(), rho=1.0, eps=0.0, fisher="kfac", fisher_source="external", model=layer
+    )
+    eye3, eye2 = torch.eye(3, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    optimizer.set_fisher({layer.weight: KroneckerFisher(eye3, eye2)}, decay=0.9)
+    optimizer.set_fisher({layer.weight: KroneckerFisher(3 * eye3, 11 * eye2)}, decay=0.9)
+    state = optimizer.state[layer.weight]
+    assert torch.allclose(state["input_factor"], 1.2 * eye3) and torch.allclose(state["output_factor"], 2.0 * eye2)
+    assert torch.allclose(state["input_power"], eye3 / 1.2) and torch.allclose(state["output_power"], eye2 / 2.0)
+    with pytest.raises(ValueError, match="decay must lie in"):
+        optimizer.set_fisher({layer.weight: KroneckerFisher(eye3, eye2)}, decay=1.0)

@@ -1,0 +1,80 @@
+"""Step-size rules for the discretised ρ flow ``Δθ = −η F^{-ρ} ĝ`` (THEORY §5b; our reading — the paper is silent).
+
+The flow ``θ̇ = −F^{-ρ} g`` traces the same path under any change of time, so only the discretisation
+sets a scale. A fixed ``η`` borrowed from Adam is the wrong scale for a true Fisher (Adam's ``v̂`` is
+about ``F/B`` for minibatches of ``B``). Three rules whose scale does not come from a per-problem ``η``:
+
+- ``"energy"``: the kinetic energy of the step in the Fisher metric is held at a budget ``δ``,
+  ``½ ΔθᵀMΔθ = δ`` with ``u = M^{-ρ} ĝ``:  ``η = sqrt(2δ / uᵀMu) = sqrt(2δ / ĝᵀM^{1−2ρ}ĝ)``.
+  For a policy with its true Fisher ``½ ΔθᵀFΔθ`` is the second-order KL between the old and the new
+  policy, so ρ = 1 is the trust-region step of TRPO and ACKTR, and ρ = ½ gives ``η = sqrt(2δ)/‖ĝ‖``.
+  It relates to the paper's ``T = (1/2P) gᵀF⁻¹g`` (Eq. 26) as follows: ``T`` is the Euclidean kinetic
+  energy ``½ m |θ̇|²`` of the ρ = ½ particle of mass ``m = 1/P``; ``½ θ̇ᵀFθ̇`` is the kinetic energy of
+  the same velocity measured in the Fisher metric. They coincide (up to ``P``) only where ``F ∝ I``.
+- ``"graft"``: the direction of the Fisher step with the length of Adam's step on the same block
+  (Agarwal et al. 2020, "Disentangling adaptive gradient methods"): ``η_b = ‖Δθ_b^{Adam}‖ / ‖u_b‖``.
+- a controller on each update's measured KL (:class:`KLController`): the scale is multiplied or
+  divided by a factor when the measured KL of the last update leaves a band around its target, as
+  PPO's adaptive KL penalty adapts its coefficient (Schulman et al. 2017, §4).
+"""
+
+from __future__ import annotations
+
+import math
+
+STEP_RULES = ("lr", "energy", "graft")
+
+
+def energy_step_size(energy: float, budget: float) -> float:
+    """``η = sqrt(2δ / uᵀMu)``: the step ``−η u`` has kinetic energy ``½ η² uᵀMu = δ`` (0 where ``u = 0``)."""
+    if not energy > 0.0:
+        return 0.0
+    return math.sqrt(2.0 * budget / energy)
+
+
+def check_step_rule(step_rule: str, energy_budget: float) -> None:
+    """Raise, naming the choices, for an unknown rule or a budget that is not positive and finite."""
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"unknown step_rule {step_rule!r}; choose one of {STEP_RULES}")
+    if not (0.0 < energy_budget < math.inf):
+        raise ValueError(f"energy_budget must be positive and finite, got {energy_budget}")
+
+
+class KLController:
+    """A multiplicative controller of the step scale on the measured KL of each update.
+
+    After an update with measured KL ``κ``: ``scale ← scale · factor`` if ``κ < target / band``,
+    ``scale ← scale / factor`` if ``κ > target · band``, unchanged in between; clamped to
+    ``[lowest, highest]``.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        factor: float = 1.5,
+        band: float = 1.5,
+        scale: float = 1.0,
+        lowest: float = 1e-6,
+        highest: float = 1e6,
+    ) -> None:
+        if not target > 0.0:
+            raise ValueError(f"the KL target must be positive, got {target}")
+        if not (factor > 1.0 and band >= 1.0):
+            raise ValueError(f"need factor > 1 and band >= 1, got factor={factor}, band={band}")
+        self.target, self.factor, self.band = target, factor, band
+        self.scale, self.lowest, self.highest = scale, lowest, highest
+
+    def update(self, kl: float, target_scale: float = 1.0) -> float:
+        """Adapt to the last update's KL against ``target · target_scale``; returns the new scale.
+
+        ``target_scale`` lets a learning-rate schedule anneal the target (the agents pass
+        ``(lr_t / lr_0)²``, the square of the schedule, as a KL is quadratic in the step). A non-finite
+        KL shrinks the scale.
+        """
+        target = self.target * target_scale
+        if not math.isfinite(kl) or kl > target * self.band:
+            self.scale /= self.factor
+        elif kl < target / self.band:
+            self.scale *= self.factor
+        self.scale = min(max(self.scale, self.lowest), self.highest)
+        return self.scale

@@ -1,0 +1,199 @@
+"""Step-size rules of the ρ flow (lagrl.step_size, LagrangianOptimizer(step_rule=...)) against closed forms and Adam."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import random_spd
+from lagrl.fisher import DiagonalFisher, KroneckerFisher
+from lagrl.optim import LagrangianOptimizer
+from lagrl.step_size import KLController, energy_step_size
+
+
+def dense_power(matrix: torch.Tensor, exponent: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.pow(exponent)) @ vectors.T
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5, 0.75, 1.0])
+def test_energy_rule_holds_the_kinetic_energy_of_a_kfac_step(rho):
+    """External K-FAC block: Δθ ∥ M^{-ρ} g and ½ ΔθᵀMΔθ = δ, with M = (G + √ε) ⊗ (A + √ε) built densely.
+
+    ρ = 0 is gradient descent, whose metric is the identity (no Fisher enters the step).
+    """
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    budget, eps = 2e-3, 1e-2
+    optimizer = LagrangianOptimizer(
+        layer.parameters(),
+        lr=0.7,
+        rho=rho,
+        betas=(0.0, 0.0),
+        eps=eps,
+        fisher="kfac",
+        fisher_source="external",
+        step_rule="energy",
+        energy_budget=budget,
+        model=layer,
+    )
+    a, g = random_spd(4, seed=1, device="cpu"), random_spd(2, seed=2, device="cpu")
+    optimizer.set_fisher({layer.weight: KroneckerFisher(a, g)})
+    before = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1).clone()
+    gradient = torch.randn(2, 4, dtype=torch.float64)
+    layer.weight.grad, layer.bias.grad = gradient[:, :3].clone(), gradient[:, 3].clone()
+    optimizer.step()
+    after = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1)
+    root = eps**0.5
+    metric = torch.kron(g + root * torch.eye(2, dtype=torch.float64), a + root * torch.eye(4, dtype=torch.float64))
+    if rho == 0:
+        metric = torch.eye(8, dtype=torch.float64)
+    delta = (after - before).reshape(-1)
+    assert 0.5 * delta @ metric @ delta == pytest.approx(budget, rel=1e-10)
+    direction = dense_power(metric, -rho) @ gradient.reshape(-1)
+    cosine = -delta @ direction / (delta.norm() * direction.norm())
+    assert cosine == pytest.approx(1.0, abs=1e-12)
+
+
+def test_energy_rule_at_rho_one_half_is_sqrt_2_delta_over_the_gradient_norm():
+    """ρ = ½, diagonal external Fisher: Δθ = −sqrt(2δ) (F + ε)^{-½}... with uᵀMu = ‖g‖², so η = sqrt(2δ)/‖g‖."""
+    torch.manual_seed(1)
+    param = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    fisher = torch.rand(5, dtype=torch.float64) + 0.1
+    optimizer = LagrangianOptimizer(
+        [param],
+        lr=1.0,
+        rho=0.5,
+        betas=(0.0, 0.0),
+        eps=0.0,
+        fisher_source="external",
+        step_rule="energy",
+        energy_budget=0.02,
+    )
+    optimizer.set_fisher({param: DiagonalFisher(fisher)})
+    param.grad = torch.randn(5, dtype=torch.float64)
+    optimizer.step()
+    expected = -math.sqrt(2 * 0.02) / param.grad.norm() * param.grad / fisher.sqrt()
+    assert torch.allclose(param.detach(), expected, rtol=1e-12)
+
+
+def test_energy_rule_sums_over_blocks_and_a_schedule_scales_the_step():
+    """Two diagonal blocks share one budget per group; lr halved (a schedule) halves the step."""
+    torch.manual_seed(2)
+    first, second = torch.zeros(3, requires_grad=True), torch.zeros(4, requires_grad=True)
+    optimizer = LagrangianOptimizer(
+        [first, second],
+        lr=3e-4,
+        rho=1.0,
+        betas=(0.0, 0.0),
+        eps=0.0,
+        fisher_source="external",
+        step_rule="energy",
+        energy_budget=1e-3,
+    )
+    fishers = {first: torch.rand(3) + 0.5, second: torch.rand(4) + 0.5}
+    optimizer.set_fisher(fishers)
+    grads = {first: torch.randn(3), second: torch.randn(4)}
+    for p in (first, second):
+        p.grad = grads[p].clone()
+    optimizer.step()
+    energy = sum(0.5 * (p.detach() ** 2 * fishers[p]).sum() for p in (first, second))
+    assert float(energy) == pytest.approx(1e-3, rel=1e-5)
+    moved = torch.cat([first.detach(), second.detach()]).clone()
+    optimizer.param_groups[0]["lr"] = 1.5e-4  # what SB3's schedule does between updates
+    optimizer.step()
+    second_step = torch.cat([first.detach(), second.detach()]) - moved
+    assert torch.allclose(second_step, 0.5 * moved, rtol=1e-5)
+
+
+def test_energy_rule_gives_each_param_group_its_own_budget():
+    actor, critic = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    optimizer = LagrangianOptimizer(
+        [{"params": [actor]}, {"params": [critic]}],
+        lr=1.0,
+        rho=0.0,
+        betas=(0.0, 0.0),
+        step_rule="energy",
+        energy_budget=0.5,
+    )
+    actor.grad, critic.grad = torch.tensor([1e-3, 0.0, 0.0]), torch.tensor([0.0, 1e3])
+    optimizer.step()
+    # ρ = 0 (M = I): each group moves by sqrt(2δ) = 1 along its own gradient, whatever the scale.
+    assert torch.allclose(actor.detach(), torch.tensor([-1.0, 0.0, 0.0]))
+    assert torch.allclose(critic.detach(), torch.tensor([0.0, -1.0]))
+
+
+def test_graft_rule_takes_adams_step_length_per_block_and_the_fisher_direction():
+    """Each tensor moves by the length of torch.optim.Adam's step, along F^{-1} ĝ."""
+    torch.manual_seed(3)
+    params = [torch.randn(4, 3), torch.randn(5)]
+    ours = [p.clone().requires_grad_() for p in params]
+    adams = [p.clone().requires_grad_() for p in params]
+    fishers = [torch.rand_like(p) + 0.2 for p in params]
+    optimizer = LagrangianOptimizer(ours, lr=1e-2, rho=1.0, eps=0.0, fisher_source="external", step_rule="graft")
+    optimizer.set_fisher(dict(zip(ours, fishers)))
+    adam = torch.optim.Adam(adams, lr=1e-2, eps=1e-8)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        starts = [p.detach().clone() for p in ours]
+        for p, q, g in zip(ours, adams, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        adam_starts = [q.detach().clone() for q in adams]
+        optimizer.step()
+        adam.step()
+        for p, q, start, adam_start, fisher in zip(ours, adams, starts, adam_starts, fishers):
+            ours_step, adam_step = p.detach() - start, q.detach() - adam_start
+            assert float(ours_step.norm()) == pytest.approx(float(adam_step.norm()), rel=1e-5)
+            m_hat = optimizer.state[p]["exp_avg"]
+            expected = -m_hat / fisher
+            cosine = float((ours_step * expected).sum() / (ours_step.norm() * expected.norm()))
+            assert cosine == pytest.approx(1.0, abs=1e-5)
+
+
+def test_step_rule_arguments_are_checked():
+    param = [torch.zeros(1, requires_grad=True)]
+    with pytest.raises(ValueError, match="step_rule"):
+        LagrangianOptimizer(param, step_rule="trust")
+    with pytest.raises(ValueError, match="energy_budget"):
+        LagrangianOptimizer(param, step_rule="energy", energy_budget=0.0)
+    with pytest.raises(ValueError, match="energy_budget"):
+        LagrangianOptimizer([{"params": param, "energy_budget": -1.0}], step_rule="energy")
+
+
+def test_energy_step_size_and_kl_controller():
+    assert energy_step_size(8.0, 1.0) == pytest.approx(0.5)  # ½ η² · 8 = 1
+    assert energy_step_size(0.0, 1.0) == 0.0
+    controller = KLController(target=0.01, factor=2.0, band=1.5)
+    assert controller.update(0.001) == 2.0  # below target / band: grow
+    assert controller.update(0.01) == 2.0  # inside the band: keep
+    assert controller.update(0.05) == 1.0  # above target · band: shrink
+    assert controller.update(float("nan")) == 0.5  # a NaN KL shrinks
+    with pytest.raises(ValueError, match="target"):
+        KLController(target=0.0)
+
+
+def test_energy_rule_caps_later_steps_of_an_update_at_the_first_steps_size():
+    """Within an update a shrinking gradient shrinks the step (η = min(η₀, ...)); start_update() lifts the cap."""
+    param = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optimizer = LagrangianOptimizer([param], lr=1.0, rho=0.0, betas=(0.0, 0.0), step_rule="energy", energy_budget=0.5)
+    optimizer.start_update()
+    param.grad = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    optimizer.step()  # η₀ = sqrt(2δ)/‖g‖ = 0.5: Δθ = −1 along g
+    assert torch.allclose(param.detach(), torch.tensor([-1.0, 0.0], dtype=torch.float64))
+    param.grad = torch.tensor([0.2, 0.0], dtype=torch.float64)  # 10× smaller gradient, as after clipping
+    optimizer.step()  # η = min(0.5, 5) = 0.5: Δθ = −0.1
+    assert torch.allclose(param.detach(), torch.tensor([-1.1, 0.0], dtype=torch.float64))
+    param.grad = torch.tensor([20.0, 0.0], dtype=torch.float64)  # larger gradient: the budget binds
+    optimizer.step()  # η = min(0.5, 0.05): Δθ = −1
+    assert torch.allclose(param.detach(), torch.tensor([-2.1, 0.0], dtype=torch.float64))
+    optimizer.start_update()
+    param.grad = torch.tensor([0.2, 0.0], dtype=torch.float64)
+    optimizer.step()  # a new update: the full budget again, Δθ = −1
+    assert torch.allclose(param.detach(), torch.tensor([-3.1, 0.0], dtype=torch.float64))
+
+
+def test_kl_controller_target_follows_a_schedule():
+    controller = KLController(target=0.01, factor=2.0, band=1.5)
+    assert controller.update(0.003, target_scale=0.25) == 1.0  # target 0.0025: 0.003 is inside the band
+    assert controller.update(0.003, target_scale=0.1) == 0.5  # target 0.001: too large a step, shrink
