@@ -10,6 +10,7 @@ included, travels in the zip as ``policy.optimizer``) are SB3's.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,14 +18,28 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from torch import Tensor
 from torch.nn import functional as F
 
-from lagrl.agents.policy_fisher import check_policy, policy_fisher
+from lagrl.agents.policy_fisher import check_policy, policy_fisher, rollout_observations
 from lagrl.agents.preconditioners import PreconditionerConfig, policy_optimizer, resolve
 from lagrl.agents.trajectory import TrajectoryMixin, optimizer_metric
+from lagrl.fisher import DiagonalFisher, KroneckerFisher
 from lagrl.optim import NonFiniteGradientError
+from lagrl.step_size import KLController
+
+
+def head_groups(policy: ActorCriticPolicy) -> list[dict[str, Any]]:
+    """The policy's parameters as param groups: the actor's (with any layer the heads share), then the critic's own."""
+    critic_modules = [policy.mlp_extractor.value_net, policy.value_net]
+    if not policy.share_features_extractor:
+        critic_modules.append(policy.vf_features_extractor)
+    critic = {id(p) for module in critic_modules for p in module.parameters()}
+    params = list(policy.parameters())
+    groups = [[p for p in params if id(p) not in critic], [p for p in params if id(p) in critic]]
+    return [{"params": group} for group in groups if group]
 
 
 class _LagrangianOnPolicy(TrajectoryMixin):
@@ -32,48 +47,67 @@ class _LagrangianOnPolicy(TrajectoryMixin):
 
     preconditioner: str | PreconditionerConfig
     num_updates: int = 0
+    kl_controller: KLController | None = None
 
     def _configure(self, policy: Any, preconditioner: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``kwargs`` for SB3 with the preconditioner's optimizer in ``policy_kwargs``.
+        """``kwargs`` for SB3; the optimizer of ``preconditioner`` replaces SB3's in :meth:`_setup_model`.
 
+        ``policy_kwargs`` stay the user's (so ``load(path, policy_kwargs=...)`` compares like with like).
         ``device="auto"`` (SB3's default) becomes the CPU for ``"MlpPolicy"``, as SB3 advises for MLP
         policies (it warns when one runs on a GPU); pass ``device="cuda"`` to insist.
         """
         self.preconditioner = resolve(preconditioner)
+        self.rms_prop_eps = kwargs.get("rms_prop_eps", 1e-5)
         if policy == "MlpPolicy" and kwargs.get("device", "auto") == "auto":
             kwargs = {**kwargs, "device": "cpu"}
-        policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
+        policy_kwargs = kwargs.get("policy_kwargs") or {}
         if "optimizer_class" in policy_kwargs or "optimizer_kwargs" in policy_kwargs:
             raise ValueError(
                 "lagrl agents choose the optimizer with preconditioner=...; drop optimizer_class/optimizer_kwargs "
                 "from policy_kwargs (or use SB3's PPO/A2C directly)"
             )
-        optimizer_class, optimizer_kwargs = policy_optimizer(self.preconditioner, kwargs.get("rms_prop_eps", 1e-5))
-        policy_kwargs.update(optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs)
-        return {**kwargs, "policy_kwargs": policy_kwargs}
+        return kwargs
 
     @property
     def _config(self) -> PreconditionerConfig | None:
         return self.preconditioner if isinstance(self.preconditioner, PreconditionerConfig) else None
 
     def _setup_model(self) -> None:
+        """SB3's model, then the preset's optimizer in place of SB3's (no step was taken with SB3's)."""
         super()._setup_model()  # type: ignore[misc]
         config = self._config
         if config is not None and config.fisher_kind == "true":
             check_policy(self.policy)
+        optimizer_class, optimizer_kwargs = policy_optimizer(self.preconditioner, self.rms_prop_eps)
+        # Fisher presets: actor and critic as two param groups, so the step rule sizes each head's step.
+        params = self.policy.parameters() if config is None else head_groups(self.policy)
+        if config is not None:
+            # K steps on one rollout move coherently: δ/K² per step keeps the update's energy at δ.
+            for group in params:
+                group["energy_budget"] = config.energy_budget / self._steps_per_update() ** 2
+        self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs
+        self.policy.optimizer = optimizer_class(params, lr=self.lr_schedule(1), **optimizer_kwargs)
         if config is not None and config.fisher == "kfac":
             self.policy.optimizer.attach(self.policy)
+        if config is not None and config.kl_target is not None and self.kl_controller is None:
+            self.kl_controller = KLController(config.kl_target)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        """SB3's schedule, times the KL controller's scale on the actor's param group where there is one."""
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        if self.kl_controller is not None:
+            self.policy.optimizer.param_groups[0]["lr"] *= self.kl_controller.scale
 
     def train(self) -> None:
         """Refresh the true Fisher (every ``refresh_interval`` updates), then SB3's update."""
         config = self._config
+        if config is not None:
+            self.policy.optimizer.start_update()
         if config is not None and config.fisher_kind == "true" and self.num_updates % config.refresh_interval == 0:
-            buffer = self.rollout_buffer
-            observations = torch.as_tensor(buffer.observations.reshape((-1,) + buffer.obs_shape), device=self.device)
+            observations = rollout_observations(self.rollout_buffer, self.device)
             self.policy.set_training_mode(False)
-            self.policy.optimizer.set_fisher(
-                policy_fisher(self.policy, observations, config.fisher, config.fisher_samples)
-            )
+            estimates = policy_fisher(self.policy, observations, config.fisher, config.fisher_samples)
+            self.policy.optimizer.set_fisher(self._critic_fisher_scaled(estimates), decay=config.fisher_decay)
         try:
             super().train()  # type: ignore[misc]
         except NonFiniteGradientError as error:
@@ -82,9 +116,48 @@ class _LagrangianOnPolicy(TrajectoryMixin):
                 f"steps) stopped: {error}"
             ) from error
         self.num_updates += 1
+        if self.kl_controller is not None:
+            kl = self._rollout_kl()
+            start = self.lr_schedule(1.0)
+            annealing = (self.lr_schedule(self._current_progress_remaining) / start) ** 2 if start > 0 else 0.0
+            self.logger.record("train/kl_scale", self.kl_controller.update(kl, annealing))
+            self.logger.record("train/rollout_kl", kl)
         if self.trajectory_sink is not None:
             potential, gradients = self._potential()
             self._emit_trajectory(potential, gradients, optimizer_metric(self.policy.optimizer, gradients))
+
+    def _critic_fisher_scaled(self, estimates: dict[Tensor, Any]) -> dict[Tensor, Any]:
+        """The critic's own blocks for ``N(y; V(s), σ²)`` instead of ``N(V(s), 1)``: divided by σ².
+
+        ``σ²`` is the rollout's mean squared error of the value head against its returns (the
+        maximum-likelihood variance; our reading), so that the critic's step, measured in its Fisher
+        metric, is in units of its own error: ``½ E[(ΔV)²] / σ²``. Layers the heads share keep ``σ² = 1``.
+        """
+        groups = self.policy.optimizer.param_groups
+        if len(groups) < 2:
+            return estimates
+        buffer = self.rollout_buffer
+        precision = 1.0 / max(float(np.mean((buffer.returns - buffer.values) ** 2)), 1e-8)
+        critic = {id(p) for p in groups[1]["params"]}
+        scaled = dict(estimates)
+        for param, block in estimates.items():
+            if id(param) in critic:
+                scaled[param] = (
+                    KroneckerFisher(block.input_factor, block.output_factor * precision)
+                    if isinstance(block, KroneckerFisher)
+                    else DiagonalFisher(block.diagonal * precision)
+                )
+        return scaled
+
+    @torch.no_grad()
+    def _rollout_kl(self) -> float:
+        """``KL(π_old ‖ π_new)`` on the rollout, estimated as ``E[(r − 1) − log r]``, ``r = π_new/π_old``."""
+        buffer = self.rollout_buffer
+        data = buffer._get_samples(np.arange(buffer.buffer_size * buffer.n_envs))
+        self.policy.set_training_mode(False)
+        _, log_prob, _ = _evaluate(self, data)
+        log_ratio = log_prob - data.old_log_prob
+        return float(torch.mean(torch.expm1(log_ratio) - log_ratio))
 
     def _potential(self) -> tuple[float, dict[Tensor, Tensor]]:
         """The update's loss on its whole rollout at the new parameters, and its gradient."""
@@ -97,6 +170,10 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         return loss.item(), {p: g for p, g in zip(params, grads) if g is not None}
 
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
+        raise NotImplementedError
+
+    def _steps_per_update(self) -> int:
+        """Optimizer steps per ``train()`` call."""
         raise NotImplementedError
 
 
@@ -121,6 +198,10 @@ class LagrangianPPO(_LagrangianOnPolicy, PPO):
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "adam", **kwargs: Any) -> None:
         super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
 
+    def _steps_per_update(self) -> int:
+        """``n_epochs`` passes over the rollout in minibatches of ``batch_size``."""
+        return self.n_epochs * math.ceil(self.n_steps * self.n_envs / self.batch_size)
+
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         """PPO's loss (clipped surrogate, value and entropy terms) on one batch, as SB3 computes it."""
         values, log_prob, entropy = _evaluate(self, data)
@@ -144,7 +225,14 @@ class LagrangianA2C(_LagrangianOnPolicy, A2C):
     """
 
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "rmsprop", **kwargs: Any) -> None:
-        super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
+        if kwargs.pop("use_rms_prop", True) is False and preconditioner == "rmsprop":
+            preconditioner = "adam"  # SB3's A2C(use_rms_prop=False) is Adam
+        # use_rms_prop=False keeps SB3 from writing RMSprop into policy_kwargs; the preset's optimizer replaces it.
+        super().__init__(policy, env, *args, use_rms_prop=False, **self._configure(policy, preconditioner, kwargs))
+
+    def _steps_per_update(self) -> int:
+        """One step on the whole rollout."""
+        return 1
 
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         """A2C's loss (policy gradient, value and entropy terms) on the rollout, as SB3 computes it."""

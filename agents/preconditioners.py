@@ -39,8 +39,20 @@ class PreconditionerConfig:
             from π and value targets from ``N(V(s), 1)``, estimated on each update's observations —
             or ``"gradients"`` — the EMA of the loss gradients (Adam's estimate; K-FAC's empirical form).
         refresh_interval: re-estimate the true Fisher every this many updates (``train()`` calls).
+        fisher_decay: the true Fisher is averaged over updates, ``F̂ ← decay · F̂ + (1 − decay) · F_rollout``
+            (K-FAC and ACKTR keep such running averages; 0 uses each rollout's estimate alone).
         fisher_samples: sampled targets per observation for the true Fisher.
         betas: EMA coefficients of the gradient estimate (β1) and of a gradient-sourced Fisher (β2).
+        step_rule: how long each step is (:mod:`lagrl.step_size`): ``"energy"`` — the kinetic energy
+            ``½ ΔθᵀMΔθ`` of every optimizer step, in the step's Fisher metric, is ``energy_budget`` for
+            the actor and for the critic separately (their parameters are two param groups); SB3's
+            ``learning_rate`` schedule then scales the step relative to its start (its absolute
+            value does not matter) — ``"graft"`` — Adam's step length at ``learning_rate``, the Fisher
+            direction — or ``"lr"`` — ``θ ← θ − lr · u``.
+        energy_budget: ``δ`` of ``step_rule="energy"`` (for a policy ≈ the KL of one step).
+        kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
+            adapts after every update (``train()`` call) to the measured KL between the rollout's
+            and the new policy.
     """
 
     rho: float = 0.5
@@ -49,7 +61,11 @@ class PreconditionerConfig:
     fisher_kind: str = "true"
     refresh_interval: int = 1
     fisher_samples: int = 1
+    fisher_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    step_rule: str = "energy"
+    energy_budget: float = 1e-3
+    kl_target: float | None = None
 
     def __post_init__(self) -> None:
         if self.fisher not in ("kfac", "diagonal"):
@@ -60,7 +76,11 @@ class PreconditionerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        # The optimizer validates rho, damping and betas; fail here, at configuration time.
+        if not 0.0 <= self.fisher_decay < 1.0:
+            raise ValueError(f"fisher_decay must lie in [0, 1), got {self.fisher_decay!r}")
+        if self.kl_target is not None and not self.kl_target > 0:
+            raise ValueError(f"kl_target must be positive (or None), got {self.kl_target!r}")
+        # The optimizer validates rho, damping, betas and the step rule; fail here, at configuration time.
         LagrangianOptimizer([torch.zeros(1, requires_grad=True)], **self.optimizer_kwargs())
 
     def optimizer_kwargs(self) -> dict[str, Any]:
@@ -71,6 +91,8 @@ class PreconditionerConfig:
             betas=tuple(self.betas),
             fisher=self.fisher,
             fisher_source="external" if self.fisher_kind == "true" else "gradients",
+            step_rule=self.step_rule,
+            energy_budget=self.energy_budget,
         )
 
     def as_dict(self) -> dict[str, Any]:

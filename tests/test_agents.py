@@ -6,7 +6,6 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -179,10 +178,6 @@ def test_bad_input_is_named():
         LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner=dict(rho=2.0))
     with pytest.raises(ValueError, match="unknown preconditioner setting.*'damp'"):
         LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner=dict(damp=1e-3))
-    env = gymnasium.make("CartPole-v1")
-    env.action_space = spaces.MultiDiscrete([2, 2])
-    with pytest.raises(ValueError, match="supports Discrete and Box action spaces"):
-        LagrangianA2C("MlpPolicy", env, preconditioner="natural")
 
 
 def test_continuous_actions_get_a_log_std_fisher():
@@ -218,3 +213,40 @@ def test_mlp_policies_default_to_the_cpu(monkeypatch):
     model = LagrangianA2C("MlpPolicy", "CartPole-v1")
     assert model.device.type == "cpu"
     assert LagrangianPPO("MlpPolicy", "CartPole-v1", device="cpu").device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "agent, preset",
+    [(LagrangianPPO, "adam"), (LagrangianPPO, "natural"), (LagrangianA2C, "rmsprop"), (LagrangianA2C, "natural")],
+)
+def test_load_takes_policy_kwargs_and_custom_objects_and_set_parameters_loads(tmp_path, agent, preset):
+    """SB3's loading options: load(policy_kwargs=the training ones), custom_objects, set_parameters."""
+    policy_kwargs = dict(net_arch=[16])
+    settings = dict(n_steps=8, seed=0, device="cpu", preconditioner=preset, policy_kwargs=policy_kwargs)
+    if agent is LagrangianPPO:
+        settings["batch_size"] = 16
+    model = agent("MlpPolicy", cartpole(2), **settings)
+    model.learn(32)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    observations = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32)
+    expected = model.predict(observations, deterministic=True)[0]
+
+    loaded = agent.load(path, env=cartpole(2), device="cpu", policy_kwargs=policy_kwargs)
+    assert (
+        type(loaded.policy.optimizer) is type(model.policy.optimizer) and loaded.preconditioner == model.preconditioner
+    )
+    assert np.array_equal(loaded.predict(observations, deterministic=True)[0], expected)
+    with pytest.raises(ValueError, match="policy kwargs do not equal"):  # SB3's own check still applies
+        agent.load(path, env=cartpole(2), device="cpu", policy_kwargs=dict(net_arch=[32]))
+
+    frozen = agent.load(
+        path, env=cartpole(2), device="cpu", custom_objects={"learning_rate": 0.0, "lr_schedule": lambda _: 0.0}
+    )
+    before = flat(frozen).clone()
+    frozen.learn(16, reset_num_timesteps=False)
+    assert torch.equal(flat(frozen), before)  # lr 0: no step, whatever the step rule
+
+    fresh = agent("MlpPolicy", cartpole(2), **{**settings, "seed": 5})
+    fresh.set_parameters(str(path))
+    assert np.array_equal(fresh.predict(observations, deterministic=True)[0], expected)
