@@ -1,181 +1,443 @@
-"""Benchmark: LagrangianPPO presets beside SB3's PPO, zoo settings, several seeds, one torch thread per run.
+"""Benchmark: lagrl's agents beside SB3's PPO and A2C and sb3-contrib's TRPO, rl-zoo settings, several seeds.
 
-For each env (CartPole-v1 for 100k steps, Acrobot-v1 for 200k steps, rl-zoo settings from
-``lagrl.agents``' YAML files) and each seed, SB3's ``PPO`` and ``LagrangianPPO`` with each preset train
-from the same seed. Per run: throughput (environment steps per second of ``learn``, evaluation time
-excluded), the first step at which the mean return of the last 100 training episodes (SB3's
-``ep_info_buffer``, full) reaches the threshold (CartPole 475, Acrobot −100), and on CartPole a
-deterministic 10-episode evaluation every 10k steps (pass: some evaluation ≥ 475 within the budget).
-Printed per preset: median fps and its ratio to SB3's, the median steps to threshold (over the seeds
-that reach it) and its ratio to SB3's, and how many seeds reach it and pass the evaluation.
+Envs CartPole-v1, Acrobot-v1, LunarLander-v3 and Pendulum-v1; every algorithm at rl-baselines3-zoo's settings
+for the env: SB3's ``PPO`` and ``LagrangianPPO`` (``--presets``, named ``ppo:<preset>``) with
+``lagrl.agents``' hyperparams/ppo.yml, SB3's ``A2C`` and ``LagrangianA2C`` (``--a2c-presets``, named
+``a2c:<preset>``) with hyperparams/a2c.yml, and sb3-contrib's ``TRPO`` with the zoo's trpo.yml (:data:`TRPO_ZOO`;
+lagrl has no TRPO agent). Each run trains for its algorithm's zoo ``n_timesteps`` on the env
+(``--timesteps ENV=N`` sets one budget for every algorithm on ENV; ``--budget-scale`` multiplies all budgets).
 
-``--lagrl-hyperparams key=value ...`` overrides the zoo settings of the lagrl presets only (SB3 keeps
-the zoo's), e.g. a step size for the Fisher presets (see experiments/adam_vs_true_fisher.py). Runs go
-to ``--jobs`` worker processes (default 2: this machine has 2 cores; each run uses one thread).
+Per run: throughput (environment steps per second of ``learn``), the first step at which the mean return
+of the last 100 training episodes (SB3's ``ep_info_buffer``, full) reaches the threshold (CartPole 475,
+Acrobot −100, LunarLander 200, Pendulum −200), and, after training, a deterministic 20-episode evaluation
+on a separately seeded env (with VecNormalize: the training statistics, frozen). A run that raises is
+recorded with its error. Printed per env × algorithm: steps to threshold, median [min, max] over all seeds
+(a seed that never reaches it is a miss) and the median's ratio to SB3 PPO's (and to SB3 A2C's for the
+``a2c:`` presets), the final evaluation, median [min, max], and the median fps with the same ratios. ``--json``
+writes every run, ``--markdown`` the summary as a table for the README.
 
-    python experiments/benchmarks/agents_bench.py [--seeds 5] [--envs CartPole-v1 Acrobot-v1] \\
-        [--presets adam fisher-sqrt natural] [--lagrl-hyperparams learning_rate=lin_0.03] [--jobs 2] \\
-        [--json results.json]
+``--lagrl-hyperparams KEY=VALUE ...`` overrides the zoo settings of the lagrl presets only (the anchors keep
+the zoo's); ``ppo:KEY=VALUE`` or ``a2c:KEY=VALUE`` overrides one family only. Runs go to ``--jobs`` worker
+processes (default 2: this machine has 2 cores; each run uses one torch thread). Needs the ``bench`` extra
+(``pip install -c constraints.txt -e ".[bench]"``: sb3-contrib, Box2D).
+
+    python experiments/benchmarks/agents_bench.py [--seeds 5] [--jobs 2] \\
+        [--envs CartPole-v1 Acrobot-v1 LunarLander-v3 Pendulum-v1] [--presets adam fisher-sqrt natural] \\
+        [--a2c-presets rmsprop natural] [--timesteps LunarLander-v3=500000] [--budget-scale 0.1] \\
+        [--lagrl-hyperparams learning_rate=lin_0.03 ppo:n_epochs=10] [--json runs.json] [--markdown table.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import multiprocessing
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 import yaml
-from stable_baselines3 import PPO
+from sb3_contrib import TRPO
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv
 
-from lagrl.agents.training import build_model, plan_run
+from lagrl.agents import PRESETS
+from lagrl.agents.training import META_KEYS, ConfigError, RunPlan, build_model, normalize_kwargs, plan_run
 
-BUDGETS = {"CartPole-v1": 100_000, "Acrobot-v1": 200_000}
-THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
-EVALUATED = {"CartPole-v1": 10_000}  # env → evaluation interval (steps)
-TARGETS = (
-    "adam fps ≥ 0.95× SB3; Fisher presets fps ≥ 0.5×; CartPole eval ≥ 475 in ≥ 4/5 seeds; "
-    "a Fisher preset ≤ 0.8× SB3's steps"
+THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0}
+ANCHORS = {"sb3:ppo": PPO, "sb3:a2c": A2C, "sb3-contrib:trpo": TRPO}
+FAMILIES = ("ppo", "a2c")  # the lagrl agents: LagrangianPPO and LagrangianA2C
+EVALUATION_EPISODES = 20
+EVALUATION_SEED = 10_000  # + the run's seed: an env the training never saw
+
+COLUMNS = (
+    "env",
+    "algorithm",
+    "budget",
+    "reached",
+    "steps to threshold, median [min, max]",
+    "steps × SB3 PPO",
+    "steps × SB3 A2C",
+    f"deterministic eval ({EVALUATION_EPISODES} ep.), median [min, max]",
+    "fps",
+    "fps × SB3 PPO",
+    "fps × SB3 A2C",
 )
+
+# rl-baselines3-zoo's hyperparams/trpo.yml (DLR-RM/rl-baselines3-zoo @ 22e3ff2, 2026-04-23), all marked "Tuned".
+TRPO_ZOO: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(
+        n_envs=2, n_timesteps=100_000, policy="MlpPolicy", n_steps=512, batch_size=512, cg_damping=1e-3,
+        gae_lambda=0.98, gamma=0.99, learning_rate=1e-3, n_critic_updates=20,
+    ),
+    "Acrobot-v1": dict(normalize=True, n_envs=2, n_timesteps=100_000, policy="MlpPolicy", n_steps=1024),
+    "LunarLander-v3": dict(
+        n_envs=2, n_timesteps=200_000, policy="MlpPolicy", n_steps=512, cg_damping=0.01, gae_lambda=0.98,
+        gamma=0.99, learning_rate=1e-3, n_critic_updates=15,
+    ),
+    "Pendulum-v1": dict(
+        n_envs=2, n_timesteps=100_000, policy="MlpPolicy", n_steps=1024, gamma=0.9, n_critic_updates=15,
+        use_sde=True, sde_sample_freq=4,
+    ),
+}  # fmt: skip
+
+Overrides = dict[str, dict[str, Any]]  # lagrl family → --lagrl-hyperparams
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run to do: env, algorithm (an anchor or ``family:preset``), seed and budget."""
+
+    env: str
+    algorithm: str
+    seed: int
+    budget: int
+    overrides: dict[str, Any]
 
 
 @dataclass
 class Run:
+    """One training run's results; ``error`` is set (and the measurements are ``None``) where it raised."""
+
     env: str
-    preset: str
+    algorithm: str
     seed: int
-    timesteps: int
-    seconds: float
-    fps: float
-    steps_to_threshold: int | None
-    best_evaluation: float | None
-    evaluation_pass: bool | None
+    budget: int
+    timesteps: int | None = None
+    seconds: float | None = None
+    fps: float | None = None
+    steps_to_threshold: int | None = None
+    evaluation_mean: float | None = None
+    evaluation_std: float | None = None
+    error: str | None = None
 
 
-class Progress(BaseCallback):
-    """Records when the 100-episode training mean first reaches the threshold; evaluates periodically."""
+@dataclass(frozen=True)
+class Row:
+    """The summary of one env × algorithm over its seeds (``math.inf`` steps: the median or maximum is a miss)."""
 
-    def __init__(self, env_id: str, seed: int) -> None:
+    env: str
+    algorithm: str
+    budget: int
+    runs: int
+    reached: int
+    failed: int
+    steps: tuple[float, float, float] | None  # median, min, max over all seeds
+    steps_vs_ppo: float | None
+    steps_vs_a2c: float | None
+    evaluation: tuple[float, float, float] | None
+    fps: float | None
+    fps_vs_ppo: float | None
+    fps_vs_a2c: float | None
+
+
+def trpo_plan(env_id: str, seed: int) -> RunPlan:
+    """sb3-contrib's TRPO at :data:`TRPO_ZOO`'s settings, as a :class:`RunPlan` for ``build_model``."""
+    settings = dict(TRPO_ZOO[env_id])
+    meta = {key: settings.pop(key) for key in META_KEYS if key in settings}
+    return RunPlan(
+        algo="trpo",
+        env_id=env_id,
+        agent=TRPO,
+        kwargs=settings,
+        n_envs=meta.get("n_envs", 1),
+        timesteps=meta["n_timesteps"],
+        seed=seed,
+        normalize=normalize_kwargs(meta.get("normalize", False), settings.get("gamma")),
+        env_kwargs={},
+        source="rl-baselines3-zoo hyperparams/trpo.yml",
+    )
+
+
+def make_plan(env_id: str, algorithm: str, seed: int, overrides: dict[str, Any]) -> RunPlan:
+    """The zoo settings of ``algorithm`` on ``env_id``; a lagrl preset's with ``overrides`` on top."""
+    if algorithm == "sb3-contrib:trpo":
+        return trpo_plan(env_id, seed)
+    family, _, name = algorithm.partition(":")
+    if family == "sb3":
+        return replace(plan_run(name, env_id, {}, seed=seed), agent=ANCHORS[algorithm])
+    return plan_run(family, env_id, overrides, preconditioner=name, seed=seed)
+
+
+class ThresholdWatch(BaseCallback):
+    """Records the first step at which the mean return of the last 100 training episodes reaches ``threshold``.
+
+    SB3 adds a step's finished episodes to ``ep_info_buffer`` after ``on_step``, so the buffer is checked at the
+    next step (or at the rollout's end) and the step that finished the episodes is the one recorded.
+    """
+
+    def __init__(self, threshold: float) -> None:
         super().__init__()
-        self.env_id, self.seed = env_id, seed
-        self.threshold = THRESHOLDS[env_id]
-        self.interval = EVALUATED.get(env_id)
-        self.next_evaluation = self.interval
+        self.threshold = threshold
         self.reached: int | None = None
-        self.evaluations: list[float] = []
-        self.evaluation_seconds = 0.0
+        self.pending: int | None = None  # the last step that finished an episode, not yet checked
 
     def _on_step(self) -> bool:
-        if self.interval is not None and self.num_timesteps >= self.next_evaluation:
-            self.next_evaluation += self.interval
-            start = time.perf_counter()
-            env = make_vec_env(self.env_id, n_envs=1, seed=10_000 + self.seed)
-            mean, _ = evaluate_policy(self.model, env, n_eval_episodes=10, deterministic=True)
-            self.evaluations.append(float(mean))
-            self.evaluation_seconds += time.perf_counter() - start
+        self._check()
+        if self.locals["dones"].any():
+            self.pending = self.num_timesteps
         return True
 
     def _on_rollout_end(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
         episodes = self.model.ep_info_buffer
-        if self.reached is None and len(episodes) == episodes.maxlen:
+        if self.pending is not None and self.reached is None and len(episodes) == episodes.maxlen:
             if statistics.fmean(info["r"] for info in episodes) >= self.threshold:
-                self.reached = self.num_timesteps
+                self.reached = self.pending
+        self.pending = None
 
 
-def run(env_id: str, preset: str, seed: int, overrides: dict[str, Any]) -> Run:
-    """One training run; ``preset == "sb3"`` is SB3's own PPO with the zoo settings."""
+def evaluation_env(model: BaseAlgorithm, env_id: str, seed: int) -> VecEnv:
+    """One env seeded apart from training; behind a frozen copy of the training VecNormalize where there is one."""
+    env = make_vec_env(env_id, n_envs=1, seed=EVALUATION_SEED + seed)
+    training = model.get_vec_normalize_env()
+    if training is None:
+        return env
+    frozen = copy.deepcopy(training)  # VecNormalize copies without its envs: the statistics only
+    frozen.set_venv(env)
+    frozen.training = False
+    frozen.norm_reward = False
+    return frozen
+
+
+def run(job: Job) -> Run:
+    """One training run and its final evaluation; an exception is recorded in the result, not raised."""
     torch.set_num_threads(1)
-    sb3 = preset == "sb3"
-    plan = plan_run("ppo", env_id, {} if sb3 else overrides, preconditioner=None if sb3 else preset, seed=seed)
-    model = build_model(plan, device="cpu")
-    if preset == "sb3":
-        kwargs = {key: value for key, value in plan.kwargs.items() if key != "preconditioner"}
-        model = PPO(env=model.get_env(), seed=seed, device="cpu", **{"policy": "MlpPolicy", **kwargs})
-    budget = BUDGETS[env_id]
-    progress = Progress(env_id, seed)
-    start = time.perf_counter()
-    model.learn(budget, callback=progress)
-    seconds = time.perf_counter() - start - progress.evaluation_seconds
-    evaluated = env_id in EVALUATED
-    return Run(
-        env=env_id,
-        preset=preset,
-        seed=seed,
-        timesteps=model.num_timesteps,
-        seconds=seconds,
-        fps=model.num_timesteps / seconds,
-        steps_to_threshold=progress.reached,
-        best_evaluation=max(progress.evaluations) if evaluated else None,
-        evaluation_pass=any(value >= 475.0 for value in progress.evaluations) if evaluated else None,
-    )
-
-
-def _run(arguments: tuple[str, str, int, dict[str, Any]]) -> Run:
-    result = run(*arguments)
-    print(
-        f"  {result.env:12} {result.preset:12} seed {result.seed}: {result.fps:7.0f} fps, "
-        f"threshold at {result.steps_to_threshold}, best eval {result.best_evaluation}",
-        flush=True,
-    )
+    result = Run(env=job.env, algorithm=job.algorithm, seed=job.seed, budget=job.budget)
+    try:
+        model = build_model(make_plan(job.env, job.algorithm, job.seed, job.overrides), device="cpu")
+        watch = ThresholdWatch(THRESHOLDS[job.env])
+        start = time.perf_counter()
+        model.learn(job.budget, callback=watch)
+        seconds = time.perf_counter() - start
+        mean, std = evaluate_policy(
+            model, evaluation_env(model, job.env, job.seed), n_eval_episodes=EVALUATION_EPISODES, deterministic=True
+        )
+    except Exception as error:  # a preset that cannot run on an env is a result of the benchmark
+        result.error = f"{type(error).__name__}: {error}"
+        return result
+    result.timesteps, result.seconds, result.fps = model.num_timesteps, seconds, model.num_timesteps / seconds
+    result.steps_to_threshold = watch.reached
+    result.evaluation_mean, result.evaluation_std = float(mean), float(std)
     return result
 
 
-def summarise(runs: list[Run], presets: list[str]) -> None:
-    """One line per env × preset: medians and ratios to SB3."""
-    header = f"{'env':12} {'preset':12} {'fps':>7} {'fps×':>6} {'steps to thr.':>13} {'steps×':>7} {'reached':>8}"
-    print(f"\n{header} {'eval≥475':>9}")
+def _run(job: Job) -> Run:
+    """:func:`run` with a progress line."""
+    result = run(job)
+    outcome = (
+        f"FAILED ({result.error})"
+        if result.error
+        else f"{result.fps:7.0f} fps, threshold at {result.steps_to_threshold}, eval {result.evaluation_mean:.1f}"
+    )
+    print(f"  {result.env:14} {result.algorithm:16} seed {result.seed}: {outcome}", flush=True)
+    return result
+
+
+def spread(values: list[float]) -> tuple[float, float, float] | None:
+    """Median, minimum and maximum (``None`` for no values)."""
+    return (statistics.median(values), min(values), max(values)) if values else None
+
+
+def ratio(value: float | None, anchor: float | None) -> float | None:
+    """``value / anchor`` where both are finite, else ``None``."""
+    finite = value is not None and anchor is not None and math.isfinite(value) and math.isfinite(anchor)
+    return value / anchor if finite and anchor != 0 else None
+
+
+def summary_row(env_id: str, algorithm: str, runs: list[Run], anchors: dict[str, Row]) -> Row:
+    """The summary of ``runs`` (one env × algorithm), with ratios to the SB3 anchors' rows in ``anchors``."""
+    done = [run for run in runs if run.error is None]
+    misses = [math.inf if run.steps_to_threshold is None else run.steps_to_threshold for run in runs]
+    steps = spread(misses) if done else None
+    fps = statistics.median(run.fps for run in done) if done else None
+    median_steps = steps[0] if steps else None
+    ppo, a2c = anchors.get("sb3:ppo"), anchors.get("sb3:a2c")
+    versus_a2c = algorithm.startswith("a2c:") and a2c is not None
+    return Row(
+        env=env_id,
+        algorithm=algorithm,
+        budget=runs[0].budget,
+        runs=len(runs),
+        reached=sum(run.steps_to_threshold is not None for run in runs),
+        failed=len(runs) - len(done),
+        steps=steps,
+        steps_vs_ppo=ratio(median_steps, ppo.steps[0] if ppo and ppo.steps else None),
+        steps_vs_a2c=ratio(median_steps, a2c.steps[0] if a2c.steps else None) if versus_a2c else None,
+        evaluation=spread([run.evaluation_mean for run in done]),
+        fps=fps,
+        fps_vs_ppo=ratio(fps, ppo.fps if ppo else None),
+        fps_vs_a2c=ratio(fps, a2c.fps) if versus_a2c else None,
+    )
+
+
+def summarise(runs: list[Run], algorithms: list[str]) -> list[Row]:
+    """One :class:`Row` per env × algorithm, the anchors first (in the order of ``algorithms``)."""
+    rows = []
     for env_id in dict.fromkeys(run.env for run in runs):
-        anchor = [run for run in runs if run.env == env_id and run.preset == "sb3"]
-        anchor_fps = statistics.median(run.fps for run in anchor)
-        anchor_steps = [run.steps_to_threshold for run in anchor if run.steps_to_threshold is not None]
-        for preset in ["sb3", *presets]:
-            group = [run for run in runs if run.env == env_id and run.preset == preset]
-            fps = statistics.median(run.fps for run in group)
-            steps = [run.steps_to_threshold for run in group if run.steps_to_threshold is not None]
-            median_steps = statistics.median(steps) if steps else None
-            ratio = median_steps / statistics.median(anchor_steps) if steps and anchor_steps else None
-            evaluations = [run.evaluation_pass for run in group if run.evaluation_pass is not None]
-            print(
-                f"{env_id:12} {preset:12} {fps:7.0f} {fps / anchor_fps:5.2f}x "
-                f"{'—' if median_steps is None else f'{median_steps:.0f}':>13} "
-                f"{'—' if ratio is None else f'{ratio:.2f}x':>7} {len(steps)}/{len(group):<6} "
-                f"{'—' if not evaluations else f'{sum(evaluations)}/{len(evaluations)}':>9}"
-            )
-    print(f"targets: {TARGETS}")
+        anchors: dict[str, Row] = {}
+        for algorithm in algorithms:
+            group = [run for run in runs if run.env == env_id and run.algorithm == algorithm]
+            rows.append(summary_row(env_id, algorithm, group, anchors))
+            if algorithm in ANCHORS:
+                anchors[algorithm] = rows[-1]
+    return rows
+
+
+def _steps(value: float) -> str:
+    return "miss" if math.isinf(value) else f"{value:,.0f}"
+
+
+def _spread(values: tuple[float, float, float] | None, number: Callable[[float], str]) -> str:
+    return "—" if values is None else f"{number(values[0])} [{number(values[1])}, {number(values[2])}]"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def cells(row: Row) -> list[str]:
+    """``row`` as the table's cells, in the order of :data:`COLUMNS`."""
+    return [
+        row.env,
+        row.algorithm,
+        f"{row.budget:,}",
+        f"{row.reached}/{row.runs}" + (f" ({row.failed} failed)" if row.failed else ""),
+        _spread(row.steps, _steps),
+        _times(row.steps_vs_ppo),
+        _times(row.steps_vs_a2c),
+        _spread(row.evaluation, lambda value: f"{value:.1f}"),
+        "—" if row.fps is None else f"{row.fps:,.0f}",
+        _times(row.fps_vs_ppo),
+        _times(row.fps_vs_a2c),
+    ]
+
+
+def text_table(rows: list[Row]) -> str:
+    """The summary as aligned plain text."""
+    table = [list(COLUMNS), *(cells(row) for row in rows)]
+    widths = [max(len(line[column]) for line in table) for column in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The summary as a Markdown table (ratios are to SB3's PPO and A2C medians on the same env)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(COLUMNS) - 2)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells(row)) + " |" for row in rows]) + "\n"
+
+
+def failures(runs: list[Run]) -> list[str]:
+    """One line per env × algorithm × distinct error."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for run in runs:
+        if run.error is not None:
+            key = (run.env, run.algorithm, run.error)
+            counts[key] = counts.get(key, 0) + 1
+    return [f"{algorithm} on {env} failed in {n} seed(s): {error}" for (env, algorithm, error), n in counts.items()]
+
+
+def key_values(items: list[str], option: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` items as pairs; a missing ``=`` is a usage error."""
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (_, equals, _) in zip(items, pairs) if not equals]
+    if bad:
+        raise ConfigError(f"{option} takes KEY=VALUE items, got {bad}")
+    return [(key, value) for key, _, value in pairs]
+
+
+def lagrl_overrides(items: list[str]) -> Overrides:
+    """``--lagrl-hyperparams``: ``KEY=VALUE`` for both lagrl families, ``ppo:KEY=VALUE`` / ``a2c:KEY=VALUE`` for one."""
+    overrides: Overrides = {family: {} for family in FAMILIES}
+    for key, value in key_values(items, "--lagrl-hyperparams"):
+        family, _, name = key.rpartition(":")
+        if family and family not in FAMILIES:
+            raise ConfigError(f"--lagrl-hyperparams {key}=...: the prefix must be one of {FAMILIES}")
+        for target in [family] if family else FAMILIES:
+            overrides[target][name] = yaml.safe_load(value)
+    return overrides
+
+
+def timestep_overrides(items: list[str]) -> dict[str, int]:
+    """``--timesteps ENV=N`` as a mapping (``N`` may be written ``1e5``)."""
+    budgets = {}
+    for env_id, value in key_values(items, "--timesteps"):
+        if env_id not in THRESHOLDS:
+            raise ConfigError(f"--timesteps {env_id}=...: the env must be one of {list(THRESHOLDS)}")
+        try:
+            budget = float(value)
+        except ValueError:
+            budget = 0.0
+        if budget < 1 or budget != int(budget):
+            raise ConfigError(f"--timesteps {env_id}={value}: the budget must be a positive whole number")
+        budgets[env_id] = int(budget)
+    return budgets
+
+
+def plan_jobs(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
+    """Every run of the benchmark, its budget resolved and its settings checked (a bad key fails here)."""
+    overrides, budgets = lagrl_overrides(args.lagrl_hyperparams), timestep_overrides(args.timesteps)
+    jobs = []
+    for env_id in args.envs:
+        for algorithm in algorithms:
+            extra = overrides.get(algorithm.partition(":")[0], {})
+            try:
+                zoo = make_plan(env_id, algorithm, 0, extra).timesteps
+            except ConfigError as error:
+                raise ConfigError(f"{algorithm} on {env_id}: {error}") from None
+            budget = max(1, round(args.budget_scale * budgets.get(env_id, zoo)))
+            jobs += [Job(env_id, algorithm, seed, budget, extra) for seed in range(args.seeds)]
+    return jobs
+
+
+def parse_arguments() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    parser.add_argument("--envs", nargs="+", default=list(THRESHOLDS), choices=list(THRESHOLDS))
+    parser.add_argument("--presets", nargs="*", default=["adam", "fisher-sqrt", "natural"], choices=PRESETS)
+    parser.add_argument("--a2c-presets", nargs="*", default=["rmsprop", "natural"], choices=PRESETS)
+    parser.add_argument("--timesteps", nargs="*", default=[], metavar="ENV=N", help="budget of every algorithm")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every budget")
+    parser.add_argument("--lagrl-hyperparams", nargs="*", default=[], metavar="[FAMILY:]KEY=VALUE")
+    parser.add_argument("--json", help="write every run as a JSON list")
+    parser.add_argument("--markdown", help="write the summary as a Markdown table")
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--envs", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
-    parser.add_argument("--presets", nargs="+", default=["adam", "fisher-sqrt", "natural"])
-    parser.add_argument("--lagrl-hyperparams", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--json", help="write every run as a JSON list")
-    args = parser.parse_args()
-    pairs = (item.partition("=") for item in args.lagrl_hyperparams)
-    overrides = {key: yaml.safe_load(value) for key, _, value in pairs}
-    jobs = [
-        (env_id, preset, seed, overrides)
-        for env_id in args.envs
-        for seed in range(args.seeds)
-        for preset in ["sb3", *args.presets]
-    ]
+    args = parse_arguments()
+    algorithms = [*ANCHORS, *(f"ppo:{name}" for name in args.presets), *(f"a2c:{name}" for name in args.a2c_presets)]
+    try:
+        jobs = plan_jobs(args, algorithms)
+    except ConfigError as error:
+        raise SystemExit(f"agents_bench: {error}") from None
     print(f"torch {torch.__version__}, {len(jobs)} runs on {args.jobs} processes, one thread each")
-    print(f"zoo settings; lagrl presets overridden with {overrides}" if overrides else "zoo settings")
+    if args.lagrl_hyperparams:
+        print(f"zoo settings; lagrl presets overridden with {' '.join(args.lagrl_hyperparams)}")
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         runs = pool.map(_run, jobs, chunksize=1)
-    summarise(runs, args.presets)
+    rows = summarise(runs, algorithms)
+    print(f"\n{text_table(rows)}")
+    for line in failures(runs):
+        print(line)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([asdict(run) for run in runs], handle, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(markdown_table(rows))
 
 
 if __name__ == "__main__":
