@@ -46,6 +46,8 @@ class _LagrangianOnPolicy(TrajectoryMixin):
     """The shared overrides of :class:`LagrangianPPO` and :class:`LagrangianA2C`."""
 
     preconditioner: str | PreconditionerConfig
+    sb3_optimizer: bool = False  # policy_kwargs name the optimizer (with the "adam" or "rmsprop" preset)
+    default_energy_budget: float  # the actor's energy per update where PreconditionerConfig leaves it None
     num_updates: int = 0
     kl_controller: KLController | None = None
 
@@ -53,6 +55,8 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         """``kwargs`` for SB3; the optimizer of ``preconditioner`` replaces SB3's in :meth:`_setup_model`.
 
         ``policy_kwargs`` stay the user's (so ``load(path, policy_kwargs=...)`` compares like with like).
+        Where they name an optimizer (``optimizer_class`` / ``optimizer_kwargs``) with the ``"adam"`` or
+        ``"rmsprop"`` preset, SB3 builds that optimizer as it would without lagrl.
         ``device="auto"`` (SB3's default) becomes the CPU for ``"MlpPolicy"``, as SB3 advises for MLP
         policies (it warns when one runs on a GPU); pass ``device="cuda"`` to insist.
         """
@@ -61,10 +65,11 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         if policy == "MlpPolicy" and kwargs.get("device", "auto") == "auto":
             kwargs = {**kwargs, "device": "cpu"}
         policy_kwargs = kwargs.get("policy_kwargs") or {}
-        if "optimizer_class" in policy_kwargs or "optimizer_kwargs" in policy_kwargs:
+        self.sb3_optimizer = "optimizer_class" in policy_kwargs or "optimizer_kwargs" in policy_kwargs
+        if self.sb3_optimizer and self._config is not None:
             raise ValueError(
-                "lagrl agents choose the optimizer with preconditioner=...; drop optimizer_class/optimizer_kwargs "
-                "from policy_kwargs (or use SB3's PPO/A2C directly)"
+                "the Fisher presets choose their optimizer themselves: drop optimizer_class/optimizer_kwargs from "
+                "policy_kwargs, or keep them with preconditioner='adam' or 'rmsprop' (SB3 then builds that optimizer)"
             )
         return kwargs
 
@@ -75,6 +80,8 @@ class _LagrangianOnPolicy(TrajectoryMixin):
     def _setup_model(self) -> None:
         """SB3's model, then the preset's optimizer in place of SB3's (no step was taken with SB3's)."""
         super()._setup_model()  # type: ignore[misc]
+        if self.sb3_optimizer:
+            return  # policy_kwargs name the optimizer: SB3's choice, as SB3 makes it
         config = self._config
         if config is not None and config.fisher_kind == "true":
             check_policy(self.policy)
@@ -83,8 +90,10 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         params = self.policy.parameters() if config is None else head_groups(self.policy)
         if config is not None:
             # K steps on one rollout move coherently: δ/K² per step keeps the update's energy at δ.
-            for group in params:
-                group["energy_budget"] = config.energy_budget / self._steps_per_update() ** 2
+            actor = self.default_energy_budget if config.energy_budget is None else config.energy_budget
+            budgets = (actor, config.critic_energy_budget)
+            for group, budget in zip(params, budgets):
+                group["energy_budget"] = budget / self._steps_per_update() ** 2
         self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs
         self.policy.optimizer = optimizer_class(params, lr=self.lr_schedule(1), **optimizer_kwargs)
         if config is not None and config.fisher == "kfac":
@@ -195,6 +204,8 @@ class LagrangianPPO(_LagrangianOnPolicy, PPO):
     ``preconditioner="adam"`` (default) is numerically SB3's PPO; every other argument is PPO's.
     """
 
+    default_energy_budget = 3e-2
+
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "adam", **kwargs: Any) -> None:
         super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
 
@@ -224,11 +235,15 @@ class LagrangianA2C(_LagrangianOnPolicy, A2C):
     ``preconditioner="rmsprop"`` (default) is numerically SB3's A2C; every other argument is A2C's.
     """
 
+    default_energy_budget = 1e-3  # ACKTR's KL clip per update
+
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "rmsprop", **kwargs: Any) -> None:
-        if kwargs.pop("use_rms_prop", True) is False and preconditioner == "rmsprop":
+        use_rms_prop = kwargs.pop("use_rms_prop", True)
+        if use_rms_prop is False and preconditioner == "rmsprop":
             preconditioner = "adam"  # SB3's A2C(use_rms_prop=False) is Adam
+        kwargs = self._configure(policy, preconditioner, kwargs)
         # use_rms_prop=False keeps SB3 from writing RMSprop into policy_kwargs; the preset's optimizer replaces it.
-        super().__init__(policy, env, *args, use_rms_prop=False, **self._configure(policy, preconditioner, kwargs))
+        super().__init__(policy, env, *args, use_rms_prop=use_rms_prop and self.sb3_optimizer, **kwargs)
 
     def _steps_per_update(self) -> int:
         """One step on the whole rollout."""

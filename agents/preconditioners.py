@@ -49,7 +49,12 @@ class PreconditionerConfig:
             ``learning_rate`` schedule then scales the step relative to its start (its absolute
             value does not matter) — ``"graft"`` — Adam's step length at ``learning_rate``, the Fisher
             direction — or ``"lr"`` — ``θ ← θ − lr · u``.
-        energy_budget: ``δ`` of ``step_rule="energy"`` (for a policy ≈ the KL of one step).
+        energy_budget: ``δ`` of ``step_rule="energy"`` for the actor, per update (``train()`` call): the
+            ``K`` optimizer steps of an update each get ``δ/K²``, since steps on one rollout move together.
+            ``None``: the agent's default (``LagrangianPPO``: 3e-2; ``LagrangianA2C``: 1e-3, ACKTR's KL clip).
+        critic_energy_budget: the same for the critic's own parameters, whose Fisher is that of
+            ``N(V(s), σ²)`` with σ² the rollout's squared value error: ``½`` is a full Gauss–Newton step
+            of the critic towards its targets, smaller values a fraction ``sqrt(2δ)`` of it.
         kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
             adapts after every update (``train()`` call) to the measured KL between the rollout's
             and the new policy.
@@ -61,10 +66,11 @@ class PreconditionerConfig:
     fisher_kind: str = "true"
     refresh_interval: int = 1
     fisher_samples: int = 1
-    fisher_decay: float = 0.0
+    fisher_decay: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     step_rule: str = "energy"
-    energy_budget: float = 1e-3
+    energy_budget: float | None = None
+    critic_energy_budget: float = 0.5
     kl_target: float | None = None
 
     def __post_init__(self) -> None:
@@ -78,6 +84,10 @@ class PreconditionerConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0.0 <= self.fisher_decay < 1.0:
             raise ValueError(f"fisher_decay must lie in [0, 1), got {self.fisher_decay!r}")
+        for name in ("energy_budget", "critic_energy_budget"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be positive and finite, got {value!r}")
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be positive (or None), got {self.kl_target!r}")
         # The optimizer validates rho, damping, betas and the step rule; fail here, at configuration time.
@@ -92,7 +102,6 @@ class PreconditionerConfig:
             fisher=self.fisher,
             fisher_source="external" if self.fisher_kind == "true" else "gradients",
             step_rule=self.step_rule,
-            energy_budget=self.energy_budget,
         )
 
     def as_dict(self) -> dict[str, Any]:

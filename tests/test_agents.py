@@ -8,6 +8,7 @@ import pytest
 import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.env_util import make_vec_env
+from torch.optim import SGD
 
 from lagrl.agents import LagrangianA2C, LagrangianPPO, PreconditionerConfig
 from lagrl.agents.policy_fisher import policy_fisher
@@ -173,7 +174,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="unknown preconditioner 'adamw'.*fisher-sqrt"):
         LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner="adamw")
     with pytest.raises(ValueError, match="drop optimizer_class"):
-        LagrangianPPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=torch.optim.SGD))
+        LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner="natural", policy_kwargs=dict(optimizer_class=SGD))
     with pytest.raises(ValueError, match="rho must lie in"):
         LagrangianPPO("MlpPolicy", "CartPole-v1", preconditioner=dict(rho=2.0))
     with pytest.raises(ValueError, match="unknown preconditioner setting.*'damp'"):
@@ -250,3 +251,15 @@ def test_load_takes_policy_kwargs_and_custom_objects_and_set_parameters_loads(tm
     fresh = agent("MlpPolicy", cartpole(2), **{**settings, "seed": 5})
     fresh.set_parameters(str(path))
     assert np.array_equal(fresh.predict(observations, deterministic=True)[0], expected)
+
+
+def test_an_optimizer_named_in_policy_kwargs_is_built_as_sb3_builds_it():
+    """With the "adam"/"rmsprop" presets, policy_kwargs' optimizer_class is SB3's to build (SB3's own tests use it)."""
+    policy_kwargs = dict(optimizer_class=SGD, optimizer_kwargs=dict(momentum=0.5))
+    for agent, reference, extra in ((LagrangianPPO, PPO, {"batch_size": 16}), (LagrangianA2C, A2C, {})):
+        settings = dict(n_steps=8, seed=0, device="cpu", policy_kwargs=policy_kwargs, **extra)
+        twin = reference("MlpPolicy", cartpole(2), **settings).learn(32)  # each model seeds torch when built
+        model = agent("MlpPolicy", cartpole(2), **settings)
+        assert type(model.policy.optimizer) is SGD and model.policy.optimizer.defaults["momentum"] == 0.5
+        model.learn(32)
+        assert torch.equal(flat(model), flat(twin))
