@@ -518,9 +518,21 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
         energy = update.new_zeros(())
         if group["step_rule"] == "energy":
-            metric = self._kronecker_metric(group, state)
-            energy = ((update if metric is None else metric.matvec(update)) * update).sum()
+            energy = self._kronecker_energy(group, state, update)
         return _Direction(blocks, update, 1, bc1, energy, self._adam(group, state, grad, direction, bc1, bc2))
+
+    def _kronecker_energy(self, group: dict[str, Any], state: dict[str, Any], update: Tensor) -> Tensor:
+        """``uᵀMu`` for ``M = (A + c I) ⊗ (G + c I)``, ``c = √ε``, without forming the damped factors:
+
+        ``tr(Uᵀ(G + cI) U (A + cI)) = ⟨GUA, U⟩ + c (⟨UA, U⟩ + ⟨GU, U⟩) + c² ⟨U, U⟩`` (the identity where ρ = 0).
+        """
+        if group["rho"] == 0 or "input_factor" not in state:
+            return update.square().sum()
+        correction, root = self._fisher_correction(group, state), group["eps"] ** 0.5
+        right = update @ state["input_factor"] / correction
+        left = state["output_factor"] @ update / correction
+        quadratic = (state["output_factor"] @ right / correction * update).sum()
+        return quadratic + root * ((right * update).sum() + (left * update).sum()) + root**2 * update.square().sum()
 
     def _check_external(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """Raise, before any state changes, unless every parameter has its supplied Fisher."""
