@@ -47,7 +47,7 @@ class _LagrangianOnPolicy(TrajectoryMixin):
 
     preconditioner: str | PreconditionerConfig
     sb3_optimizer: bool = False  # policy_kwargs name the optimizer (with the "adam" or "rmsprop" preset)
-    default_energy_budget: float  # the actor's energy per update where PreconditionerConfig leaves it None
+    default_energy_budget: tuple[float, float]  # (actor, critic) energy per update where PreconditionerConfig has None
     num_updates: int = 0
     kl_controller: KLController | None = None
 
@@ -90,8 +90,11 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         params = self.policy.parameters() if config is None else head_groups(self.policy)
         if config is not None:
             # K steps on one rollout move coherently: δ/K² per step keeps the update's energy at δ.
-            actor = self.default_energy_budget if config.energy_budget is None else config.energy_budget
-            budgets = (actor, config.critic_energy_budget)
+            actor, critic = config.energy_budget, config.critic_energy_budget
+            budgets = (
+                self.default_energy_budget[0] if actor is None else actor,
+                self.default_energy_budget[1] if critic is None else critic,
+            )
             for group, budget in zip(params, budgets):
                 group["energy_budget"] = budget / self._steps_per_update() ** 2
         self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs
@@ -204,7 +207,7 @@ class LagrangianPPO(_LagrangianOnPolicy, PPO):
     ``preconditioner="adam"`` (default) is numerically SB3's PPO; every other argument is PPO's.
     """
 
-    default_energy_budget = 3e-2
+    default_energy_budget = (3e-2, 0.5)
 
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "adam", **kwargs: Any) -> None:
         super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
@@ -235,7 +238,7 @@ class LagrangianA2C(_LagrangianOnPolicy, A2C):
     ``preconditioner="rmsprop"`` (default) is numerically SB3's A2C; every other argument is A2C's.
     """
 
-    default_energy_budget = 1e-3  # ACKTR's KL clip per update
+    default_energy_budget = (1e-3, 1e-3)  # ACKTR's KL clip per update, for both heads
 
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "rmsprop", **kwargs: Any) -> None:
         use_rms_prop = kwargs.pop("use_rms_prop", True)

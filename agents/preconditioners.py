@@ -54,7 +54,8 @@ class PreconditionerConfig:
             ``None``: the agent's default (``LagrangianPPO``: 3e-2; ``LagrangianA2C``: 1e-3, ACKTR's KL clip).
         critic_energy_budget: the same for the critic's own parameters, whose Fisher is that of
             ``N(V(s), σ²)`` with σ² the rollout's squared value error: ``½`` is a full Gauss–Newton step
-            of the critic towards its targets, smaller values a fraction ``sqrt(2δ)`` of it.
+            of the critic towards its targets, smaller values a fraction ``sqrt(2δ)`` of it. ``None``: the
+            agent's default (``LagrangianPPO``: ½; ``LagrangianA2C``: 1e-3, ACKTR's clip for both heads).
         kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
             adapts after every update (``train()`` call) to the measured KL between the rollout's
             and the new policy.
@@ -70,7 +71,7 @@ class PreconditionerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     step_rule: str = "energy"
     energy_budget: float | None = None
-    critic_energy_budget: float = 0.5
+    critic_energy_budget: float | None = None
     kl_target: float | None = None
 
     def __post_init__(self) -> None:

@@ -263,3 +263,17 @@ def test_an_optimizer_named_in_policy_kwargs_is_built_as_sb3_builds_it():
         assert type(model.policy.optimizer) is SGD and model.policy.optimizer.defaults["momentum"] == 0.5
         model.learn(32)
         assert torch.equal(flat(model), flat(twin))
+
+
+def test_fisher_presets_split_actor_and_critic_and_share_the_update_budget_over_its_steps():
+    """Two param groups (actor, critic-only); each of the K optimizer steps of an update gets δ/K²."""
+    model = LagrangianPPO("MlpPolicy", cartpole(1), n_steps=16, batch_size=8, n_epochs=3, preconditioner="natural")
+    actor, critic = model.policy.optimizer.param_groups
+    value_params = {*model.policy.mlp_extractor.value_net.parameters(), *model.policy.value_net.parameters()}
+    assert set(critic["params"]) == value_params
+    assert set(actor["params"]) == set(model.policy.parameters()) - value_params
+    steps = 3 * 2  # 3 epochs of 16 samples in minibatches of 8
+    assert actor["energy_budget"] == pytest.approx(3e-2 / steps**2)
+    assert critic["energy_budget"] == pytest.approx(0.5 / steps**2)
+    a2c = LagrangianA2C("MlpPolicy", cartpole(1), preconditioner=PreconditionerConfig(rho=1.0, energy_budget=2e-3))
+    assert [group["energy_budget"] for group in a2c.policy.optimizer.param_groups] == [2e-3, 1e-3]

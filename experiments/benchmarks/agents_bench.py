@@ -23,7 +23,8 @@ processes (default 2: this machine has 2 cores; each run uses one torch thread).
 
     python experiments/benchmarks/agents_bench.py [--seeds 5] [--jobs 2] \\
         [--envs CartPole-v1 Acrobot-v1 LunarLander-v3 Pendulum-v1] [--presets adam fisher-sqrt natural] \\
-        [--a2c-presets rmsprop natural] [--timesteps LunarLander-v3=500000] [--budget-scale 0.1] \\
+        [--anchors sb3:ppo sb3:a2c sb3-contrib:trpo] [--a2c-presets rmsprop natural] \\
+        [--timesteps LunarLander-v3=500000] [--budget-scale 0.1] \\
         [--lagrl-hyperparams learning_rate=lin_0.03 ppo:n_epochs=10] [--json runs.json] [--markdown table.md]
 """
 
@@ -406,6 +407,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--envs", nargs="+", default=list(THRESHOLDS), choices=list(THRESHOLDS))
+    parser.add_argument("--anchors", nargs="*", default=list(ANCHORS), choices=list(ANCHORS))
     parser.add_argument("--presets", nargs="*", default=["adam", "fisher-sqrt", "natural"], choices=PRESETS)
     parser.add_argument("--a2c-presets", nargs="*", default=["rmsprop", "natural"], choices=PRESETS)
     parser.add_argument("--timesteps", nargs="*", default=[], metavar="ENV=N", help="budget of every algorithm")
@@ -418,7 +420,11 @@ def parse_arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_arguments()
-    algorithms = [*ANCHORS, *(f"ppo:{name}" for name in args.presets), *(f"a2c:{name}" for name in args.a2c_presets)]
+    algorithms = [
+        *args.anchors,
+        *(f"ppo:{name}" for name in args.presets),
+        *(f"a2c:{name}" for name in args.a2c_presets),
+    ]
     try:
         jobs = plan_jobs(args, algorithms)
     except ConfigError as error:
