@@ -164,19 +164,21 @@ class _LagrangianOnPolicy(TrajectoryMixin):
     @torch.no_grad()
     def _rollout_kl(self) -> float:
         """``KL(π_old ‖ π_new)`` on the rollout, estimated as ``E[(r − 1) − log r]``, ``r = π_new/π_old``."""
-        buffer = self.rollout_buffer
-        data = buffer._get_samples(np.arange(buffer.buffer_size * buffer.n_envs))
-        self.policy.set_training_mode(False)
+        data = self._rollout_samples()
         _, log_prob, _ = _evaluate(self, data)
         log_ratio = log_prob - data.old_log_prob
         return float(torch.mean(torch.expm1(log_ratio) - log_ratio))
 
+    def _rollout_samples(self) -> RolloutBufferSamples:
+        """The whole rollout as one batch (the buffer was flattened by ``train()``), the policy in eval mode."""
+        buffer = self.rollout_buffer
+        self.policy.set_training_mode(False)
+        return buffer._get_samples(np.arange(buffer.buffer_size * buffer.n_envs))
+
     def _potential(self) -> tuple[float, dict[Tensor, Tensor]]:
         """The update's loss on its whole rollout at the new parameters, and its gradient."""
-        buffer = self.rollout_buffer
-        data = buffer._get_samples(np.arange(buffer.buffer_size * buffer.n_envs))  # flattened by train()
+        data = self._rollout_samples()
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.policy.set_training_mode(False)
         loss = self._loss(data)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return loss.item(), {p: g for p, g in zip(params, grads) if g is not None}

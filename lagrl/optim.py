@@ -403,14 +403,20 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             root.div_(bc2**rho)  # in place: the same values as Adam's `/`, one buffer fewer
         return root.add_(group["eps"])
 
-    def _diagonal_step(self, group: dict[str, Any], param: Tensor, step: float) -> None:
-        """Diagonal Fisher: ``θ ← θ − lr/(1−β1^t) · m_t / ((v_t/(1−β2^t))^ρ + ε)`` (Eq. 32 at ρ = ½)."""
+    def _diagonal_stages(
+        self, group: dict[str, Any], param: Tensor, step: float
+    ) -> tuple[dict[str, Any], Tensor, Tensor, float, float, Tensor | None]:
+        """Stages 1–3 of a diagonal parameter: its state, gradient, ``m_t``, bias corrections and ``F̂^ρ + ε``."""
         state = self.state[param]
         grad = param.grad if not group["maximize"] else -param.grad
         grad = self._decay(group, param, grad)
         direction = self._gradient_estimate(group, state, grad)
         bc1, bc2 = self._bias_corrections(group, step)
-        denominator = self._diagonal_denominator(group, state, param, grad, bc2)
+        return state, grad, direction, bc1, bc2, self._diagonal_denominator(group, state, param, grad, bc2)
+
+    def _diagonal_step(self, group: dict[str, Any], param: Tensor, step: float) -> None:
+        """Diagonal Fisher: ``θ ← θ − lr/(1−β1^t) · m_t / ((v_t/(1−β2^t))^ρ + ε)`` (Eq. 32 at ρ = ½)."""
+        _, _, direction, bc1, _, denominator = self._diagonal_stages(group, param, step)
         if denominator is None:
             param.add_(direction, alpha=-group["lr"] / bc1)
         else:
@@ -418,12 +424,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
 
     def _diagonal_direction(self, group: dict[str, Any], param: Tensor, step: float) -> _Direction:
         """The diagonal step's ``u = m_t / (F̂^ρ + ε)`` with its energy ``uᵀMu``, ``M = (F̂^ρ + ε)^{1/ρ}``."""
-        state = self.state[param]
-        grad = param.grad if not group["maximize"] else -param.grad
-        grad = self._decay(group, param, grad)
-        direction = self._gradient_estimate(group, state, grad)
-        bc1, bc2 = self._bias_corrections(group, step)
-        denominator = self._diagonal_denominator(group, state, param, grad, bc2)
+        state, grad, direction, bc1, bc2, denominator = self._diagonal_stages(group, param, step)
         update = direction if denominator is None else direction / denominator
         energy = update.square()
         if denominator is not None:

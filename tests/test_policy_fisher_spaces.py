@@ -9,6 +9,7 @@ updates with the Fisher presets on each space. Policies are tiny and runs a few 
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -91,22 +92,16 @@ LAYOUTS = [(case, True) for case in CASES] + [(case, False) for case in IMAGE_CA
 LAYOUT_IDS = [f"{case}-{'shared' if share else 'separate'}" for case, share in LAYOUTS]
 
 
-def sb3_model(case: str, share: bool = True, seed: int = 0) -> PPO:
-    """SB3's own PPO on the case's spaces after one rollout of 8 steps (and its update)."""
+def build(agent: type, case: str, share: bool, **settings: Any) -> Any:
+    """``agent`` (SB3's or lagrl's) on the case's env and policy, 8-step rollouts, CPU."""
     env, policy, policy_kwargs, kwargs = CASES[case]
     policy_kwargs = {**policy_kwargs, "share_features_extractor": share}
-    model = PPO(
-        policy,
-        env(),
-        n_steps=8,
-        batch_size=8,
-        n_epochs=1,
-        seed=seed,
-        device="cpu",
-        policy_kwargs=policy_kwargs,
-        **kwargs,
-    )
-    return model.learn(8)
+    return agent(policy, env(), n_steps=8, device="cpu", policy_kwargs=policy_kwargs, **settings, **kwargs)
+
+
+def sb3_model(case: str, share: bool = True, seed: int = 0) -> PPO:
+    """SB3's own PPO on the case's spaces after one rollout of 8 steps (and its update)."""
+    return build(PPO, case, share, batch_size=8, n_epochs=1, seed=seed).learn(8)
 
 
 def rows(observations: Observations, index: slice) -> Observations:
@@ -310,19 +305,7 @@ AGENTS = [(LagrangianPPO, "natural", dict(batch_size=8, n_epochs=2)), (Lagrangia
 @pytest.mark.parametrize("case", list(CASES))
 def test_agents_train_with_the_true_fisher(case, agent, preset, settings, share):
     """Two updates of 8 steps: the parameters moved and are finite."""
-    env, policy, policy_kwargs, kwargs = CASES[case]
-    policy_kwargs = {**policy_kwargs, "share_features_extractor": share}
-    model = agent(
-        policy,
-        env(),
-        n_steps=8,
-        seed=0,
-        device="cpu",
-        preconditioner=preset,
-        policy_kwargs=policy_kwargs,
-        **settings,
-        **kwargs,
-    )
+    model = build(agent, case, share, seed=0, preconditioner=preset, **settings)
     before = flat(model).clone()
     model.learn(16)
     after = flat(model)
