@@ -519,16 +519,26 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
         energy = update.new_zeros(())
         if group["step_rule"] == "energy":
-            energy = self._kronecker_energy(group, state, update)
+            energy = self._kronecker_energy(group, state, direction, update)
         return _Direction(blocks, update, 1, bc1, energy, self._adam(group, state, grad, direction, bc1, bc2))
 
-    def _kronecker_energy(self, group: dict[str, Any], state: dict[str, Any], update: Tensor) -> Tensor:
+    def _kronecker_energy(
+        self, group: dict[str, Any], state: dict[str, Any], direction: Tensor, update: Tensor
+    ) -> Tensor:
         """``uᵀMu`` for ``M = (A + c I) ⊗ (G + c I)``, ``c = √ε``, without forming the damped factors:
 
         ``tr(Uᵀ(G + cI) U (A + cI)) = ⟨GUA, U⟩ + c (⟨UA, U⟩ + ⟨GU, U⟩) + c² ⟨U, U⟩`` (the identity where ρ = 0).
+        Where the power was taken of this very ``M`` (an external Fisher, or factors refreshed every step),
+        ``u = M^{-ρ} m`` gives ``uᵀMu = mᵀM^{1−2ρ}m``: ``⟨m, m⟩`` at ρ = ½ and ``⟨u, m⟩`` at ρ = 1, no product.
         """
-        if group["rho"] == 0 or "input_factor" not in state:
+        rho = group["rho"]
+        if rho == 0 or "input_factor" not in state:
             return update.square().sum()
+        if group["fisher_source"] == "external" or group["update_interval"] == 1:
+            if rho == 0.5:
+                return direction.square().sum()
+            if rho == 1:
+                return (update * direction).sum()
         correction, root = self._fisher_correction(group, state), group["eps"] ** 0.5
         right = update @ state["input_factor"] / correction
         left = state["output_factor"] @ update / correction
