@@ -25,7 +25,13 @@ processes (default 2: this machine has 2 cores; each run uses one torch thread).
         [--envs CartPole-v1 Acrobot-v1 LunarLander-v3 Pendulum-v1] [--presets adam fisher-sqrt natural] \\
         [--anchors sb3:ppo sb3:a2c sb3-contrib:trpo] [--a2c-presets rmsprop natural] \\
         [--timesteps LunarLander-v3=500000] [--budget-scale 0.1] \\
-        [--lagrl-hyperparams learning_rate=lin_0.03 ppo:n_epochs=10] [--json runs.json] [--markdown table.md]
+        [--lagrl-hyperparams learning_rate=lin_0.03 ppo:n_epochs=10] [--json runs.json [--resume]] \\
+        [--markdown table.md]
+
+``--json`` is rewritten (atomically) after every finished run, so an interrupted benchmark keeps what it
+measured; ``--resume`` reads it back and runs only the jobs it lacks (same env, algorithm, seed and budget,
+finished without error), then summarises all of them: ``--seeds 5 --resume`` after a 3-seed run adds seeds
+3 and 4.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import copy
 import json
 import math
 import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -401,6 +408,28 @@ def plan_jobs(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
     return jobs
 
 
+def _key(item: Job | Run) -> tuple[str, str, int, int]:
+    return item.env, item.algorithm, item.seed, item.budget
+
+
+def finished_runs(path: str, jobs: list[Job]) -> list[Run]:
+    """The runs of an earlier ``--json`` that this benchmark would do again (no error, same key)."""
+    if not os.path.exists(path):
+        return []
+    wanted = {_key(job) for job in jobs}
+    with open(path) as handle:
+        runs = [Run(**item) for item in json.load(handle)]
+    return [run for run in runs if run.error is None and _key(run) in wanted]
+
+
+def write_runs(path: str, runs: list[Run]) -> None:
+    """``runs`` as a JSON list, written to a temporary file and renamed over ``path`` (never half-written)."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump([asdict(run) for run in runs], handle, indent=1)
+    os.replace(temporary, path)
+
+
 def parse_arguments() -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -413,7 +442,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--timesteps", nargs="*", default=[], metavar="ENV=N", help="budget of every algorithm")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every budget")
     parser.add_argument("--lagrl-hyperparams", nargs="*", default=[], metavar="[FAMILY:]KEY=VALUE")
-    parser.add_argument("--json", help="write every run as a JSON list")
+    parser.add_argument("--json", help="write every run as a JSON list (after each run)")
+    parser.add_argument("--resume", action="store_true", help="reuse the finished runs of --json, run the rest")
     parser.add_argument("--markdown", help="write the summary as a Markdown table")
     return parser.parse_args()
 
@@ -429,18 +459,28 @@ def main() -> None:
         jobs = plan_jobs(args, algorithms)
     except ConfigError as error:
         raise SystemExit(f"agents_bench: {error}") from None
-    print(f"torch {torch.__version__}, {len(jobs)} runs on {args.jobs} processes, one thread each")
+    if args.resume and not args.json:
+        raise SystemExit("agents_bench: --resume reads the runs of --json FILE; give --json")
+    done = finished_runs(args.json, jobs) if args.resume else []
+    todo = [job for job in jobs if _key(job) not in {_key(run) for run in done}]
+    print(f"torch {torch.__version__}, {len(todo)} runs on {args.jobs} processes, one thread each", end="")
+    print(f" ({len(done)} reused from {args.json})" if args.resume else "")
     if args.lagrl_hyperparams:
         print(f"zoo settings; lagrl presets overridden with {' '.join(args.lagrl_hyperparams)}")
+    runs = list(done)
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-        runs = pool.map(_run, jobs, chunksize=1)
+        for run in pool.imap_unordered(_run, todo, chunksize=1):
+            runs.append(run)
+            if args.json:
+                write_runs(args.json, runs)
+    order = {_key(job): index for index, job in enumerate(jobs)}
+    runs.sort(key=lambda run: order[_key(run)])
     rows = summarise(runs, algorithms)
     print(f"\n{text_table(rows)}")
     for line in failures(runs):
         print(line)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([asdict(run) for run in runs], handle, indent=1)
+        write_runs(args.json, runs)
     if args.markdown:
         with open(args.markdown, "w") as handle:
             handle.write(markdown_table(rows))
