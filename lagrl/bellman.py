@@ -40,6 +40,7 @@ import numpy
 import torch
 from torch import Tensor
 
+from lagrl.hamiltonian import tabular_hamiltonian
 from lagrl.mdp import TabularMDP
 
 GMRES_RESTART = 32
@@ -90,8 +91,8 @@ class _Dynamics:
     :class:`_HostDynamics`) and the methods both classes share (``hamiltonian``, ``maximum``, ``extremes``,
     ``evaluate``, ``first_rows``, ``zeros``, and ``array``/``tensor`` to convert at the boundary).
 
-    Dense ``P`` is viewed as ``(B, S·A, S)`` (``B`` the flattened batch), so the Hamiltonian is one GEMV
-    (unbatched) or one batched GEMM, and ``P_π`` of integer actions is a gather of rows ``s·A + π(s)``.
+    The Hamiltonian is :func:`~lagrl.hamiltonian.tabular_hamiltonian` (one GEMV, or one batched GEMM);
+    dense ``P`` is viewed as ``(B·S·A, S)`` rows, so ``P_π`` of integer actions is a gather of rows ``s·A + π(s)``.
     On small MDPs per-call overhead, not arithmetic, is the cost: these layouts keep a sweep to three
     kernel calls and a policy-iteration step to about fifteen.
     """
@@ -104,13 +105,10 @@ class _Dynamics:
         self.value_shape = mdp.batch_shape + (states,)
         self.q_shape = mdp.batch_shape + (states, actions)
         self.batched = bool(mdp.batch_shape)
-        # The unbatched (S·A, S) matrix, CSR for sparse or large sparse-valued tables (chosen by the MDP).
-        self.matrix = None if self.batched else mdp.transition_rows()
         if not mdp.is_sparse:
-            self.rows = mdp.transitions.reshape(-1, states * actions, states)
             self.flat_rows = mdp.transitions.reshape(-1, states)  # (B·S·A, S)
-        self.flat_shape = (-1, states * actions) if self.batched else (states * actions,)
-        self.flat_rewards = None if mdp.time_indexed else mdp.rewards.reshape(self.flat_shape)
+        flat_shape = (-1, states * actions) if self.batched else (states * actions,)
+        self.flat_rewards = None if mdp.time_indexed else mdp.rewards.reshape(flat_shape)
 
     @functools.cached_property
     def identity(self) -> Tensor:
@@ -144,29 +142,8 @@ class _Dynamics:
         return torch.aminmax(x, dim=-1)
 
     def hamiltonian(self, values: Tensor, t: int | None = None, out: Tensor | None = None) -> Tensor:
-        """``H(s, a; V) = r_t(s, a) + γ Σ_s' P(s'|s, a) V(s')`` for ``values[..., s']`` → ``(..., S, A)``.
-
-        The same sum as ``mdp.reward_at(t) + mdp.gamma * mdp.expected_next(values)``, fused into one
-        (sparse or dense) GEMV, or one batched GEMM, where ``values`` has exactly the MDP's batch shape;
-        ``out`` (contiguous, ``(..., S, A)``) then receives it without an allocation.
-        """
-        mdp = self.mdp
-        rewards = mdp.reward_at(t)
-        if values.shape != self.value_shape:  # extra dims: broadcast
-            if mdp.is_sparse:
-                return torch.add(rewards, mdp.expected_next(values), alpha=mdp.gamma)
-            rows = self.rows.view(mdp.batch_shape + self.rows.shape[1:])
-            next_values = torch.matmul(rows, values.unsqueeze(-1))
-            return torch.add(rewards, next_values.view(next_values.shape[:-2] + rewards.shape[-2:]), alpha=mdp.gamma)
-        flat_rewards = self.flat_rewards if rewards is mdp.rewards else rewards.reshape(self.flat_shape)
-        if not self.batched:
-            flat_out = None if out is None else out.view(-1)
-            q = torch.addmv(flat_rewards, self.matrix, values, alpha=mdp.gamma, out=flat_out)
-        else:
-            flat_out = None if out is None else out.view(self.rows.shape[:2] + (1,))
-            columns = values.reshape(-1, mdp.num_states, 1)
-            q = torch.baddbmm(flat_rewards.unsqueeze(-1), self.rows, columns, alpha=mdp.gamma, out=flat_out)
-        return q.view(self.q_shape)
+        """:func:`~lagrl.hamiltonian.tabular_hamiltonian` (``out``: written in place, no allocation)."""
+        return tabular_hamiltonian(self.mdp, values, t, out=out)
 
     def evaluate(self, policy: Tensor, values: Tensor | None = None, changed: Tensor | None = None) -> Tensor:
         """``V^π = (I − γP_π)⁻¹ r_π``: LU for dense MDPs, GMRES (warm-started at ``values``) for sparse ones.

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lagrl.bellman import policy_evaluation, policy_iteration, soft_value_iteration, value_iteration
+from lagrl.bellman import Solution, policy_evaluation, policy_iteration, soft_value_iteration, value_iteration
 from lagrl.flows import entropy_regularised_evaluation, natural_policy_gradient_step, occupancy, value_scale
 from lagrl.hamiltonian import bellman_optimality_residual, tabular_hamiltonian
 from lagrl.mdp import TabularMDP
@@ -300,7 +300,14 @@ def fisher_sqrt_checks(mdp: TabularMDP, q_values: Tensor, mu: Tensor) -> list[Ex
     ]
 
 
-def exact_checks(mdp: TabularMDP, *, tol: float = 1e-6, tau: float = 0.1) -> list[ExactCheck]:
+def exact_checks(
+    mdp: TabularMDP,
+    *,
+    tol: float = 1e-6,
+    tau: float = 0.1,
+    optimum: Solution | None = None,
+    value_solution: Solution | None = None,
+) -> list[ExactCheck]:
     r"""The exact checks of THEORY §6 on one dense, discounted MDP (float64), in its order.
 
     ``V*`` is policy iteration's (exact up to round-off); ``scale = max(1, ‖V*‖∞)``; ``μ`` is uniform
@@ -324,6 +331,10 @@ def exact_checks(mdp: TabularMDP, *, tol: float = 1e-6, tau: float = 0.1) -> lis
     Measured trend (:func:`fisher_sqrt_checks`):
 
     5. the ρ = ½ Fisher-preconditioned policy gradient decreases to 0 along ``π*_τ``, τ → 0.
+
+    A caller that has solved ``mdp`` already (``lagrl verify``) hands its solutions over instead of
+    solving twice: ``optimum``, policy iteration's; ``value_solution``, value iteration's with a certified
+    ``error_bound`` of at most ``tol·scale/(1 + γ)`` (a looser one is refused).
     """
     if mdp.is_sparse or mdp.batch_shape or mdp.horizon is not None or not mdp.gamma < 1:
         raise ValueError(
@@ -333,9 +344,21 @@ def exact_checks(mdp: TabularMDP, *, tol: float = 1e-6, tau: float = 0.1) -> lis
     if not tau > 0:
         raise ValueError(f"tau must be > 0 (the entropy temperature of checks 3 and 4), got {tau}")
     mdp = mdp.to(dtype=torch.float64)
-    optimum = policy_iteration(mdp)
+    optimum = policy_iteration(mdp) if optimum is None else optimum
+    if optimum.values.shape != (mdp.num_states,):
+        raise ValueError(
+            f"optimum must be policy_iteration(mdp) of this MDP, values of shape ({mdp.num_states},), "
+            f"got {tuple(optimum.values.shape)}"
+        )
     scale = value_scale(optimum.values)
-    value_solution = value_iteration(mdp, tol * scale / (1 + mdp.gamma))
+    needed = tol * scale / (1 + mdp.gamma)
+    if value_solution is None:
+        value_solution = value_iteration(mdp, needed)
+    elif not float(value_solution.error_bound) <= needed:
+        raise ValueError(
+            f"value_solution certifies |V − V*| ≤ {float(value_solution.error_bound):.3g}, but the stationarity "
+            f"check needs ≤ tol·scale/(1 + γ) = {needed:.3g}; run value_iteration(mdp, tol={needed:.3g}) or omit it"
+        )
     mu = torch.full_like(optimum.values, 1.0 / mdp.num_states)
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(optimum.q_values.shape, generator=generator, dtype=torch.float64).to(mdp.device)

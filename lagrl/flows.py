@@ -217,8 +217,8 @@ class _System(NamedTuple):
 class _Model:
     """One dense MDP's arrays laid out for the flows' steps (built once per flow call).
 
-    - ``H(·, ·; V) = r + γPV`` is one GEMV on the ``(S·A, S)`` view of ``P``, sparse CSR where
-      :meth:`~lagrl.mdp.TabularMDP.transition_rows` chooses it;
+    - ``H(·, ·; V) = r + γPV`` is :func:`~lagrl.hamiltonian.tabular_hamiltonian` (one GEMV on the
+      ``(S·A, S)`` rows, sparse CSR where :meth:`~lagrl.mdp.TabularMDP.transition_rows` chooses it);
     - ``I − γP_π`` is assembled from the nonzero transitions and factored once per policy; the same factors
       give ``V^π`` (``(I − γP_π)V = r_π``) and the occupancy (the transposed system).
     - States are ordered so that ``I − γP_π`` is block lower triangular for every policy: the strongly
@@ -232,10 +232,8 @@ class _Model:
         self.mdp = mdp
         states, actions = mdp.num_states, mdp.num_actions
         flat = mdp.transitions.reshape(states * actions, states)
-        self.flat_rewards = mdp.rewards.reshape(-1)
         pairs, targets = flat.nonzero().unbind(-1)  # the (s·A + a, s') of every nonzero P(s'|s, a)
         self.pairs, self.probabilities = pairs, flat[pairs, targets]
-        self.rows = mdp.transition_rows()
         sources = torch.div(pairs, actions, rounding_mode="floor")
         self.order, self.blocks = _triangular_blocks(sources, targets, states)
         self.rank = torch.empty_like(self.order)
@@ -244,9 +242,8 @@ class _Model:
         self.workspace = torch.empty(states, states, dtype=mdp.dtype, device=mdp.device)
 
     def hamiltonian(self, values: Tensor) -> Tensor:
-        """``H(s, a; V) = r(s, a) + γ Σ_s' P(s'|s, a) V(s')``, shape ``(S, A)``."""
-        q = torch.addmv(self.flat_rewards, self.rows, values, alpha=self.mdp.gamma)
-        return q.view(self.mdp.num_states, self.mdp.num_actions)
+        """:func:`~lagrl.hamiltonian.tabular_hamiltonian`, ``H(s, a; V) = r(s, a) + γ Σ_s' P(s'|s, a) V(s')``."""
+        return tabular_hamiltonian(self.mdp, values)
 
     def factor(self, probabilities: Tensor) -> _System:
         """``I − γP_π`` for ``π[s, a]``, with its diagonal blocks LU-factored.

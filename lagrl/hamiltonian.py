@@ -51,14 +51,41 @@ TerminalFn = Callable[[Tensor], Tensor]
 
 
 # ---------------------------------------------------------------------- tabular (our reading)
-def tabular_hamiltonian(mdp: TabularMDP, costate: Tensor, t: int | None = None) -> Tensor:
+def tabular_hamiltonian(mdp: TabularMDP, costate: Tensor, t: int | None = None, *, out: Tensor | None = None) -> Tensor:
     """``H(s, a; λ) = r(s, a) + γ Σ_s' P(s'|s, a) λ(s')``, shape ``(..., S, A)`` — the ``Q`` of ``λ``.
 
     ``costate`` is ``λ[..., s]``; ``t`` picks the step of time-indexed rewards (``mdp.reward_at(t)``).
     Our reading of §3: the multiplier of the Bellman constraint plays the costate.
+
+    The one tabular Hamiltonian of lagrl (the solvers of :mod:`lagrl.bellman`, the flows of
+    :mod:`lagrl.flows` and the checks call it). One kernel: a GEMV on the ``(S·A, S)`` rows of
+    :meth:`~lagrl.mdp.TabularMDP.transition_rows` (sparse CSR where the MDP chooses it) for one MDP, a
+    batched GEMM where ``costate`` has exactly the MDP's batch shape, a broadcasting matmul for other
+    leading dimensions. Differentiable in ``costate``, ``r`` and dense ``P`` unless ``out`` is given;
+    ``out`` (contiguous, ``(..., S, A)``, the MDP's batch shape) receives it without an allocation.
     """
     _check_costate(mdp, costate)
-    return mdp.reward_at(t) + mdp.gamma * mdp.expected_next(costate)
+    rewards = mdp.reward_at(t)
+    states, actions, batch = mdp.num_states, mdp.num_actions, mdp.batch_shape
+    if costate.shape == batch + (states,):
+        if not batch:
+            flat_out = None if out is None else out.view(-1)
+            q = torch.addmv(rewards.reshape(-1), mdp.transition_rows(), costate, alpha=mdp.gamma, out=flat_out)
+        else:
+            rows = mdp.transitions.reshape(-1, states * actions, states)
+            flat_out = None if out is None else out.view(rows.shape[:2] + (1,))
+            flat_rewards = rewards.reshape(rows.shape[:2] + (1,))
+            columns = costate.reshape(-1, states, 1)
+            q = torch.baddbmm(flat_rewards, rows, columns, alpha=mdp.gamma, out=flat_out)
+        return q.view(batch + (states, actions))
+    if out is not None:
+        raise ValueError(
+            f"out= needs a costate of the MDP's batch shape {batch + (states,)}, got {tuple(costate.shape)}; "
+            "drop out= to broadcast"
+        )
+    rows = mdp.transitions.reshape(batch + (states * actions, states))
+    next_values = torch.matmul(rows, costate.unsqueeze(-1))
+    return torch.add(rewards, next_values.view(next_values.shape[:-2] + (states, actions)), alpha=mdp.gamma)
 
 
 def bellman_optimality_residual(mdp: TabularMDP, costate: Tensor) -> Tensor:

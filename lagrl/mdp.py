@@ -225,7 +225,7 @@ class TabularMDP:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming what is wrong with the MDP and how to fix it."""
-        transitions, rewards = self.transitions, self.rewards
+        transitions, rewards = self.transitions.detach(), self.rewards.detach()  # checks, not part of a graph
         if transitions.ndim < 3:
             raise ValueError(
                 f"transitions must have shape (..., S, A, S), got {tuple(transitions.shape)}; "

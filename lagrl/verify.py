@@ -147,7 +147,7 @@ def verify_task(
         exact_row("policy_iteration", reference, cross_check.values, seconds_pi),
         exact_row("solve", solved, optimal_values, seconds_solve),
     ]
-    checks = exact_checks(mdp, tol=tol)
+    checks = exact_checks(mdp, tol=tol, optimum=reference, value_solution=cross_check)  # nothing solved twice
     if run_flows:
         for method, run in _flows(mdp, optimal_values).items():
 

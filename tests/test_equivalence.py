@@ -11,7 +11,7 @@ import scipy.linalg
 import scipy.optimize
 import torch
 
-from lagrl.bellman import policy_evaluation, policy_iteration
+from lagrl.bellman import policy_evaluation, policy_iteration, value_iteration
 from lagrl.equivalence import (
     ExactCheck,
     exact_checks,
@@ -74,6 +74,22 @@ def test_exact_check_passed_property():
     assert ExactCheck("x", 1e-12, 1e-10).passed
     assert not ExactCheck("x", 1e-9, 1e-10).passed
     assert not ExactCheck("x", math.nan, 1e-10).passed
+
+
+def test_exact_checks_take_the_callers_solutions_and_refuse_a_loose_one(frozen_lake):
+    """Handed-over solutions (lagrl verify's) give the same checks as solving inside; a too-loose VI is refused."""
+    optimum = policy_iteration(frozen_lake)
+    strict = value_iteration(frozen_lake, 1e-9)
+    own = exact_checks(frozen_lake)
+    handed = exact_checks(frozen_lake, optimum=optimum, value_solution=strict)
+    assert [row.name for row in handed] == [row.name for row in own]
+    assert all(row.passed for row in handed)
+    for mine, theirs in zip(own[1:], handed[1:]):  # row 0 is value iteration's: a stricter run, a smaller residual
+        assert mine.residual == pytest.approx(theirs.residual, rel=1e-9, abs=1e-15)
+    with pytest.raises(ValueError, match="value_solution certifies"):
+        exact_checks(frozen_lake, value_solution=value_iteration(frozen_lake, 1e-2))
+    with pytest.raises(ValueError, match="optimum must be policy_iteration"):
+        exact_checks(frozen_lake, optimum=optimum._replace(values=optimum.values[:3]))
 
 
 def test_exact_checks_reject_what_they_cannot_check(frozen_lake):

@@ -221,7 +221,7 @@ def test_block_triangular_solves_match_dense_solves():
 
     mdp = TabularMDP.from_gymnasium("Taxi-v4", 0.99)
     model = _Model(mdp)
-    assert len(model.blocks) > 1 and model.rows.layout == torch.sparse_csr
+    assert len(model.blocks) > 1 and mdp.transition_rows().layout == torch.sparse_csr
     policy = torch.softmax(logits_for(mdp), -1)
     system = model.factor(policy)
     P_pi = torch.einsum("sa,sat->st", policy, mdp.transitions)

@@ -83,6 +83,50 @@ def test_tabular_hamiltonian_time_indexed_rewards(device):
         tabular_hamiltonian(mdp, torch.tensor(costate, device=device))
 
 
+def test_tabular_hamiltonian_every_layout_against_loops(device):
+    """The one kernel's paths: CSR rows (a large sparse table), broadcast leading dims, ``out=``."""
+    rng = np.random.default_rng(11)
+    states, actions = 200, 4  # 160,000 entries, 1 % nonzero: transition_rows() is CSR
+    transitions = np.zeros((states, actions, states))
+    for s in range(states):
+        for a in range(actions):
+            targets = rng.choice(states, size=2, replace=False)
+            transitions[s, a, targets] = rng.dirichlet(np.ones(2))
+    rewards = rng.normal(size=(states, actions))
+    mdp = TabularMDP(transitions, rewards, 0.95, device=device)
+    assert mdp.transition_rows().layout == torch.sparse_csr
+    costate = rng.normal(size=states)
+    expected = loop_hamiltonian(transitions, rewards, 0.95, costate)
+    out = torch.empty(states, actions, dtype=F64, device=device)
+    result = tabular_hamiltonian(mdp, torch.tensor(costate, device=device), out=out)
+    assert result.data_ptr() == out.data_ptr()
+    np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-12)
+    several = rng.normal(size=(3, states))  # leading dims the MDP does not have: broadcast
+    batch = tabular_hamiltonian(mdp, torch.tensor(several, device=device)).cpu().numpy()
+    for row, costate_row in zip(batch, several):
+        np.testing.assert_allclose(row, loop_hamiltonian(transitions, rewards, 0.95, costate_row), atol=1e-12)
+    with pytest.raises(ValueError, match="out= needs a costate of the MDP's batch shape"):
+        tabular_hamiltonian(mdp, torch.tensor(several, device=device), out=torch.empty(3, states, actions))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_tabular_hamiltonian_gradients_are_p_transposed_and_lambda(device, batched):
+    """∂(wᵀH)/∂λ = γ Σ_{s,a} w(s,a) P(·|s,a), ∂/∂r = w, ∂/∂P(s'|s,a) = γ w(s,a) λ(s') (closed forms)."""
+    rng = np.random.default_rng(12)
+    shape = (2,) if batched else ()
+    transitions = np.stack([random_mdp(5, 3, seed)[0] for seed in range(2)]) if batched else random_mdp(5, 3, 0)[0]
+    leaf = torch.tensor(transitions, device=device, requires_grad=True)
+    mdp = TabularMDP(leaf, rng.normal(size=shape + (5, 3)), 0.9)
+    costate = torch.tensor(rng.normal(size=shape + (5,)), device=device, requires_grad=True)
+    weights = torch.tensor(rng.normal(size=shape + (5, 3)), device=device)
+    (tabular_hamiltonian(mdp, costate) * weights).sum().backward()
+    expected = 0.9 * torch.einsum("...sa,...sat->...t", weights, leaf.detach())
+    torch.testing.assert_close(costate.grad, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        leaf.grad, 0.9 * weights.unsqueeze(-1) * costate.detach()[..., None, None, :], rtol=1e-12, atol=1e-12
+    )
+
+
 def test_bellman_residual_is_zero_exactly_at_the_optimal_value(device):
     gamma = 0.9
     transitions, rewards = random_mdp(6, 3, seed=8)
