@@ -174,6 +174,7 @@ def verify_task(
 
 FLOW_SETTINGS: dict[str, dict[str, Any]] = {
     "lp-saddle": dict(steps=1000),
+    "lp-proximal": dict(steps=20),
     "npg": dict(steps=200, lr=1.0),
     "fisher-sqrt": dict(steps=500, lr=0.1),
     "adam": dict(steps=500, lr=0.1),
@@ -190,6 +191,9 @@ def _flows(mdp: TabularMDP, reference: Tensor) -> dict[str, Callable[[flows.Call
     uniform = torch.full((mdp.num_states,), 1.0 / mdp.num_states, dtype=mdp.dtype, device=mdp.device)
     runs: dict[str, Callable[[flows.Callback], flows.FlowResult]] = {
         "lp-saddle": lambda callback: flows.lp_saddle(mdp, reference, callback=callback, **FLOW_SETTINGS["lp-saddle"]),
+        "lp-proximal": lambda callback: flows.lp_proximal(
+            mdp, reference, callback=callback, **FLOW_SETTINGS["lp-proximal"]
+        ),
         "soft-bellman": lambda callback: flows.soft_bellman(mdp, reference, callback=callback),
     }
     for method in flows.POLICY_GRADIENT_METHODS:

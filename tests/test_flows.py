@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.optimize
 import torch
 
 from lagrl.bellman import policy_evaluation, policy_iteration
@@ -14,6 +15,7 @@ from lagrl.flows import (
     FlowResult,
     diagonal_policy_fisher,
     entropy_regularised_evaluation,
+    lp_proximal,
     lp_saddle,
     occupancy,
     policy_gradient,
@@ -180,6 +182,65 @@ def test_lp_saddle_duality_gap_decreases(frozen_lake, device):
     violation = max(0.0, float((tabular_hamiltonian(mdp, result.values) - result.values[:, None]).max()))
     lower = float(mu @ policy_evaluation(mdp, result.policy))
     assert last["duality_gap"] == pytest.approx(float(mu @ result.values) + violation / 0.01 - lower, rel=1e-9)
+
+
+def linprog_values(mdp: TabularMDP) -> torch.Tensor:
+    """V* of the primal LP ``min μᵀV s.t. V(s) ≥ r(s,a) + γ P(·|s,a)ᵀV`` by scipy's HiGHS (μ uniform)."""
+    states, actions = mdp.num_states, mdp.num_actions
+    transitions = mdp.transitions.cpu().numpy().reshape(states * actions, states)
+    constraint = mdp.gamma * transitions - np.repeat(np.eye(states), actions, axis=0)  # γPV − V(s) ≤ −r
+    solution = scipy.optimize.linprog(
+        np.full(states, 1.0 / states),
+        A_ub=constraint,
+        b_ub=-mdp.rewards.cpu().numpy().reshape(-1),
+        bounds=[(None, None)] * states,
+        method="highs",
+    )
+    assert solution.status == 0, solution.message
+    return torch.tensor(solution.x, dtype=F64, device=mdp.device)
+
+
+@pytest.mark.parametrize("task", ["FrozenLake-v1", "CliffWalking-v1", "garnet"])
+def test_lp_proximal_reaches_the_lp_solution_of_scipy(task, garnet, device):
+    """The implicit LP flow ends at HiGHS's LP optimum, greedy-optimal, its certified gap closed."""
+    mdp = (garnet if task == "garnet" else TabularMDP.from_gymnasium(task, 0.99)).to(device)
+    reference = linprog_values(mdp)
+    result = lp_proximal(mdp, reference)
+    assert_history_shape(result, COMMON_KEYS | {"lagrangian", "duality_gap", "newton_steps"})
+    scale = max(1.0, float(reference.abs().max()))
+    assert result.history["value_error"][-1] <= 1e-6 * scale
+    assert result.greedy_optimal_at is not None
+    assert -1e-9 * scale <= result.history["duality_gap"][-1] <= 1e-6 * scale
+    torch.testing.assert_close(result.values, optimum(mdp), rtol=0, atol=1e-6 * scale)
+
+
+def test_lp_proximal_step_is_the_implicit_euler_step(garnet):
+    """One step satisfies the proximal-point equations of the saddle flow, checked on their own:
+    ``0 = μ − Kᵀd₁ + (V₁ − V₀)/t`` and ``d₁ = (d₀ + β(H(V₁) − V₁))₊``, with ``Kᵀd = Σ_a d − γPᵀd``."""
+    mdp = garnet
+    reference = optimum(mdp)
+    first = lp_proximal(mdp, reference, steps=1, penalty=30.0, proximal=3.0)
+    values = first.values
+    largest = float(mdp.rewards.abs().max())
+    beta, t = 30.0 * (1 - mdp.gamma) / largest, 3.0 * largest / (1 - mdp.gamma)
+    mu = torch.full_like(reference, 1 / mdp.num_states)
+    dual0 = occupancy(mdp, torch.full((mdp.num_states, mdp.num_actions), 1 / mdp.num_actions, dtype=F64), mu)
+    dual1 = (dual0 + beta * (tabular_hamiltonian(mdp, values) - values[:, None])).clamp_min(0)
+    adjoint = dual1.sum(-1) - mdp.gamma * torch.einsum("sa,sat->t", dual1, mdp.transitions)
+    stationarity = mu - adjoint + values / t  # V₀ = 0
+    assert float(stationarity.abs().max()) < 1e-10
+    assert first.history["newton_steps"][1] >= 1
+
+
+def test_lp_proximal_scale_comes_from_the_rewards(garnet):
+    """Rewards ×10 give values ×10 and the same greedy iterates: β and t follow ‖r‖∞, no rate to retune."""
+    scaled = TabularMDP(garnet.transitions, 10 * garnet.rewards, garnet.gamma)
+    base = lp_proximal(garnet, optimum(garnet), steps=6)
+    tenfold = lp_proximal(scaled, optimum(scaled), steps=6)
+    torch.testing.assert_close(tenfold.values, 10 * base.values, rtol=1e-8, atol=1e-8)
+    assert tenfold.greedy_optimal_at == base.greedy_optimal_at
+    with pytest.raises(ValueError, match="penalty and proximal must be positive"):
+        lp_proximal(garnet, optimum(garnet), penalty=0.0)
 
 
 def test_soft_bellman_stays_within_the_legendre_bound(frozen_lake, device):
