@@ -58,6 +58,7 @@ from lagrl.hamiltonian import tabular_hamiltonian
 from lagrl.legendre import softmax_policy
 from lagrl.mdp import TabularMDP
 from lagrl.optim import LagrangianAdam, LagrangianOptimizer
+from lagrl.step_size import energy_step_size
 
 __all__ = [
     "FlowResult",
@@ -665,6 +666,7 @@ def policy_gradient(
     eps: float | None = None,
     mu: Tensor | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
+    energy: float | None = None,
     callback: Callback | None = None,
 ) -> FlowResult:
     r"""Exact policy-gradient ascent on ``J(θ) = μᵀV_τ^π``, ``π = softmax(θ)``, from ``θ = 0`` (uniform π).
@@ -687,6 +689,13 @@ def policy_gradient(
     ``value_error`` and greedy optimality, taken over all states, show it (CliffWalking's cliff cells,
     Taxi's passenger-at-destination states); pass ``mu`` uniform to reach every state.
 
+    ``energy`` (``"npg"`` and ``"fisher-sqrt"``; ``None``: the fixed ``lr``): the step rule of the agents'
+    Fisher presets (:mod:`lagrl.step_size`) in place of ``lr``: each step ``Δθ = η u`` has kinetic energy
+    ``½ ΔθᵀMΔθ = energy`` in its exact Fisher metric, ``η = sqrt(2·energy / uᵀMu)`` — for ``"fisher-sqrt"``
+    ``M = F_diag + eps`` and ``uᵀMu = ‖g‖²``; for ``"npg"`` ``u = A/(1 − γ)`` and ``uᵀFu = Σ_s d^π(s)
+    Var_π(u(s, ·))`` with the full policy Fisher. The step's predicted KL is then ``energy`` whatever the
+    size of ``g``: a vanishing gradient no longer shrinks the step.
+
     Measured (γ = 0.99): Adam (lr 0.1) is greedy-optimal after ~500 steps on FrozenLake; on CliffWalking
     it plateaus on the safe path, ``V*(start) − V^π(start) ≈ 3.5`` after 2000 steps (THEORY §6).
     """
@@ -694,12 +703,18 @@ def policy_gradient(
         raise ValueError(f"unknown method {method!r}; choose one of {POLICY_GRADIENT_METHODS}")
     if tau < 0:
         raise ValueError(f"tau must be >= 0 (the entropy weight), got {tau}")
+    if energy is not None and (method == "adam" or not 0 < energy < math.inf):
+        raise ValueError(
+            f"energy (the per-step kinetic energy, got {energy}) must be positive and finite, and applies to "
+            "the exact-Fisher methods 'npg' and 'fisher-sqrt' only (Adam's metric is its own estimate)"
+        )
     mdp, reference = _prepare(mdp, reference)
     if lr is None:
         lr = 1 - mdp.gamma if method == "npg" else 0.1
     if eps is None:
         eps = 1e-8 if method == "adam" else 1e-12
     settings = dict(method=method, steps=steps, lr=lr, tau=tau, mu="start" if mu is None else "given")
+    settings |= {} if energy is None else {"energy": energy, "lr": None}
     mu = _distribution(mdp, mu, mdp.start, "mu")
     logits = torch.zeros(mdp.num_states, mdp.num_actions, dtype=mdp.dtype, device=mdp.device)
     optimizer = LagrangianAdam([logits], lr=lr, betas=betas, eps=eps, maximize=True) if method == "adam" else None
@@ -716,12 +731,19 @@ def policy_gradient(
         if k == steps:
             break
         if method == "npg":
-            logits = _natural_step(logits, state.advantages, lr, mdp.gamma)
+            eta = lr
+            if energy is not None:
+                update = state.advantages / (1 - mdp.gamma)
+                mean = (state.policy * update).sum(-1, keepdim=True)
+                kinetic = float(visitation @ (state.policy * (update - mean).square()).sum(-1))
+                eta = energy_step_size(kinetic, energy)
+            logits = _natural_step(logits, state.advantages, eta, mdp.gamma)
             continue
         gradient = _gradient(state, visitation, mdp.gamma)
         if method == "fisher-sqrt":
             fisher = visitation.unsqueeze(-1) * state.policy * (1 - state.policy)
-            logits = logits + lr * gradient / (fisher + eps).sqrt()
+            eta = lr if energy is None else energy_step_size(float(gradient.square().sum()), energy)
+            logits = logits + eta * gradient / (fisher + eps).sqrt()
         else:
             logits.grad = gradient
             optimizer.step()

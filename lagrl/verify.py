@@ -159,7 +159,7 @@ def verify_task(
             rows.append(
                 Row(
                     task,
-                    result.method,
+                    method,
                     "flow",
                     float((result.values - optimal_values).abs().amax()),
                     policy_agreement(result.policy, optimal_q, optimal_values),
@@ -177,9 +177,13 @@ FLOW_SETTINGS: dict[str, dict[str, Any]] = {
     "lp-proximal": dict(steps=20),
     "npg": dict(steps=200, lr=1.0),
     "fisher-sqrt": dict(steps=500, lr=0.1),
+    "fisher-sqrt-energy": dict(steps=100, energy=1e-2),
     "adam": dict(steps=500, lr=0.1),
 }
 """Budgets and step sizes of the flows in ``lagrl verify`` (each row's ``settings`` repeats them).
+
+``fisher-sqrt-energy`` is the ρ = ½ exact-Fisher flow with the agents' step rule (each step's kinetic
+energy in the Fisher metric fixed, no learning rate; :func:`lagrl.flows.policy_gradient`'s ``energy``).
 
 Policy flows weight states uniformly (μ uniform, like the LP): with μ = the start distribution, states
 the start never reaches get no gradient and keep the uniform policy, which dominates ``max |V − V*|``.
@@ -196,8 +200,8 @@ def _flows(mdp: TabularMDP, reference: Tensor) -> dict[str, Callable[[flows.Call
         ),
         "soft-bellman": lambda callback: flows.soft_bellman(mdp, reference, callback=callback),
     }
-    for method in flows.POLICY_GRADIENT_METHODS:
-        runs[method] = lambda callback, method=method: flows.policy_gradient(
-            mdp, reference, method=method, mu=uniform, callback=callback, **FLOW_SETTINGS[method]
+    for name in (*flows.POLICY_GRADIENT_METHODS, "fisher-sqrt-energy"):
+        runs[name] = lambda callback, name=name: flows.policy_gradient(
+            mdp, reference, method=name.removesuffix("-energy"), mu=uniform, callback=callback, **FLOW_SETTINGS[name]
         )
     return runs

@@ -184,6 +184,42 @@ def test_lp_saddle_duality_gap_decreases(frozen_lake, device):
     assert last["duality_gap"] == pytest.approx(float(mu @ result.values) + violation / 0.01 - lower, rel=1e-9)
 
 
+@pytest.mark.parametrize("method", ["fisher-sqrt", "npg"])
+def test_energy_rule_step_holds_the_predicted_kl(garnet, method):
+    """One step from uniform π with ``energy=δ``: the closed-form step, and its visitation-weighted KL.
+
+    ``½ ΔθᵀFΔθ`` (full policy Fisher) is the second-order KL, so at δ = 1e-6 the exact
+    ``Σ_s d^π(s) KL(π₀(·|s) ‖ π₁(·|s))`` matches it; it is δ itself for NPG, whose metric is that F (the
+    ρ = ½ step's metric is the diagonal Fisher).
+    """
+    mdp, delta = garnet, 1e-6
+    mu = torch.full((mdp.num_states,), 1 / mdp.num_states, dtype=F64)
+    result = policy_gradient(mdp, optimum(mdp), method=method, steps=1, mu=mu, energy=delta)
+    logits = torch.zeros(mdp.num_states, mdp.num_actions, dtype=F64)
+    gradient = softmax_policy_gradient(mdp, logits, mu)
+    fisher = diagonal_policy_fisher(mdp, logits, mu)
+    start = torch.full_like(logits, 1 / mdp.num_actions)
+    visitation = (1 - mdp.gamma) * occupancy(mdp, start, mu).sum(-1)
+    if method == "fisher-sqrt":
+        step = math.sqrt(2 * delta) / float(gradient.norm()) * gradient / (fisher + 1e-12).sqrt()
+        assert 0.5 * float((step.square() * (fisher + 1e-12)).sum()) == pytest.approx(delta, rel=1e-12)
+    else:
+        advantages = tabular_hamiltonian(mdp, policy_evaluation(mdp, start)) - policy_evaluation(mdp, start)[:, None]
+        direction = advantages / (1 - mdp.gamma)
+        centred = direction - (start * direction).sum(-1, keepdim=True)
+        step = math.sqrt(2 * delta / float(visitation @ (start * centred.square()).sum(-1))) * direction
+    expected = torch.softmax(step, -1)
+    torch.testing.assert_close(result.policy, expected, rtol=1e-10, atol=1e-12)
+    kl = float(visitation @ (start * (start.log() - expected.log())).sum(-1))
+    centred_step = step - (start * step).sum(-1, keepdim=True)
+    full_fisher_energy = 0.5 * float(visitation @ (start * centred_step.square()).sum(-1))  # ½ ΔθᵀF_full Δθ
+    assert kl == pytest.approx(full_fisher_energy, rel=1e-2)
+    if method == "npg":  # the full Fisher is NPG's own metric: the KL is the budget
+        assert kl == pytest.approx(delta, rel=1e-2)
+    with pytest.raises(ValueError, match="exact-Fisher methods"):
+        policy_gradient(mdp, optimum(mdp), method="adam", energy=delta)
+
+
 def linprog_values(mdp: TabularMDP) -> torch.Tensor:
     """V* of the primal LP ``min μᵀV s.t. V(s) ≥ r(s,a) + γ P(·|s,a)ᵀV`` by scipy's HiGHS (μ uniform)."""
     states, actions = mdp.num_states, mdp.num_actions
