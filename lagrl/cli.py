@@ -9,14 +9,17 @@ lagrl evaluate PATH [--episodes N]       the mean ± std return of a model lagrl
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import gymnasium
@@ -151,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--logdir", type=Path, metavar="DIR", help="TensorBoard trajectories of the flows")
     verify.add_argument("--strict", action="store_true", help="also require every flow's greedy policy to be optimal")
     verify.add_argument("--exact-only", action="store_true", help="skip the flows (exact checks and solvers only)")
+    verify.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="tasks solved at once in worker processes, --threads torch threads each (default: one per CPU "
+        "core, at most one per task; 1 on CUDA)",
+    )
     check = commands.add_parser(
         "check", help="check that LagrangianAdam and LagrangianRMSprop are torch.optim's Adam and RMSprop bit for bit"
     )
@@ -177,17 +186,22 @@ def _check(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     tasks = args.tasks or [TaskSpec.parse(text) for text in DEFAULT_SUITE]
     start = time.perf_counter()
+    jobs = 1 if args.device.type != "cpu" else min(args.jobs or len(os.sched_getaffinity(0)), len(tasks))
     reports: list[TaskReport] = []
     writer = TrajectoryWriter(args.logdir) if args.logdir else nullcontext()
-    with writer as log, tqdm(tasks, desc="lagrl verify", unit="task", disable=None, leave=False) as progress:
-        for spec in progress:
-            progress.set_postfix_str(spec.label)
-            try:
-                mdp = load_task(spec, gamma=args.gamma, device=args.device)
-            except (ValueError, TypeError, gymnasium.error.Error) as error:
-                print(f"lagrl verify: {spec.label}: {error}", file=sys.stderr)
+    settings = (args.gamma, args.tol, args.device, not args.exact_only, args.threads)
+    progress = tqdm(total=len(tasks), desc="lagrl verify", unit="task", disable=None, leave=False)
+    # The workers fork before the writer starts its thread.
+    with _verify_tasks(tasks, settings, jobs) as outcomes, writer as log, progress as bar:
+        for spec, outcome in outcomes:
+            bar.update()
+            if isinstance(outcome, Exception):
+                print(f"lagrl verify: {spec.label}: {outcome}", file=sys.stderr)
                 return 2
-            reports.append(verify_task(spec.label, mdp, tol=args.tol, writer=log, run_flows=not args.exact_only))
+            report, trajectories = outcome
+            for prefix, step, scalars in trajectories if log is not None else ():
+                log.scalars(prefix, step, scalars)
+            reports.append(report)
     _print_reports(reports, args)
     rows = [row for report in reports for row in report.rows]
     if args.json:
@@ -202,6 +216,72 @@ def _verify(args: argparse.Namespace) -> int:
         f"/{sum(row.kind == 'flow' for row in rows)}; {time.perf_counter() - start:.1f} s"
     )
     return 0 if checks_ok and exact_ok and (flows_ok or not args.strict) else 1
+
+
+VerifySettings = tuple[float, float, torch.device, bool, int]
+"""``(gamma, tol, device, run_flows, threads)`` of one ``lagrl verify`` run."""
+
+
+class _TrajectoryBuffer:
+    """A writer's ``scalars`` kept in memory, for the parent process to write (workers share no log file)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, int, dict[str, float]]] = []
+
+    def scalars(self, prefix: str, step: int, scalars: dict[str, float]) -> None:
+        self.records.append((prefix, step, dict(scalars)))
+
+
+def _verify_one(spec: TaskSpec, settings: VerifySettings) -> tuple[TaskReport, list] | Exception:
+    """One task in a worker: its report and trajectories, or the load error (exit 2 in the parent)."""
+    gamma, tol, device, run_flows, threads = settings
+    torch.set_num_threads(threads)
+    try:
+        mdp = load_task(spec, gamma=gamma, device=device)
+    except (ValueError, TypeError, gymnasium.error.Error) as error:
+        return error
+    buffer = _TrajectoryBuffer()
+    return verify_task(spec.label, mdp, tol=tol, writer=buffer, run_flows=run_flows), buffer.records
+
+
+def _task_size(spec: TaskSpec) -> int:
+    """``S·A`` of the task's table (0 if it cannot be built: the worker reports why)."""
+    try:
+        env = gymnasium.make(spec.env_id, **spec.kwargs)
+    except (ValueError, TypeError, gymnasium.error.Error):  # the worker's load_task reports it
+        return 0
+    try:
+        return int(env.observation_space.n) * int(env.action_space.n)
+    except AttributeError:
+        return 0
+    finally:
+        env.close()
+
+
+@contextmanager
+def _verify_tasks(
+    tasks: list[TaskSpec], settings: VerifySettings, jobs: int
+) -> Iterator[Iterator[tuple[TaskSpec, tuple[TaskReport, list] | Exception]]]:
+    """``(spec, outcome)`` in the tasks' order; with ``jobs > 1`` from a pool of forked workers.
+
+    Fork, not spawn: a worker inherits the imported torch (seconds of start-up each). The workers are
+    forked on entry, while the parent runs no thread of its own (``--threads`` torch threads, no CUDA:
+    CUDA runs in one process), and the pool is shut down by its own handle on exit, Ctrl-C included.
+    """
+    if jobs == 1:
+        yield ((spec, _verify_one(spec, settings)) for spec in tasks)
+        return
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        # Largest first (by the table's size), so no worker is left with a big task at the end.
+        futures = dict.fromkeys(range(len(tasks)))
+        for index in sorted(futures, key=lambda index: -_task_size(tasks[index])):
+            futures[index] = pool.submit(_verify_one, tasks[index], settings)
+        try:
+            yield ((spec, futures[index].result()) for index, spec in enumerate(tasks))
+        finally:
+            for future in futures.values():
+                future.cancel()
 
 
 def _print_reports(reports: list[TaskReport], args: argparse.Namespace) -> None:

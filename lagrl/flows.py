@@ -133,8 +133,12 @@ def entropy_regularised_evaluation(mdp: TabularMDP, policy: Tensor, tau: float) 
     ``τ = 0`` is plain :func:`~lagrl.bellman.policy_evaluation`.
     """
     entropy = -torch.special.xlogy(policy, policy).sum(-1)
-    regularised = TabularMDP(mdp.transitions, mdp.rewards + tau * entropy.unsqueeze(-1), mdp.gamma, validate=False)
-    return policy_evaluation(regularised, policy)
+    if mdp.is_sparse:
+        regularised = TabularMDP(mdp.transitions, mdp.rewards + tau * entropy.unsqueeze(-1), mdp.gamma, validate=False)
+        return policy_evaluation(regularised, policy)
+    matrix, rewards = mdp.policy_matrix(policy)
+    identity = torch.eye(mdp.num_states, dtype=mdp.dtype, device=mdp.device)
+    return torch.linalg.solve(identity - mdp.gamma * matrix, rewards + tau * entropy)
 
 
 class _PolicyState(NamedTuple):
@@ -243,8 +247,11 @@ class _Model:
         self.pairs, self.probabilities = pairs, flat[pairs, targets]
         sources = torch.div(pairs, actions, rounding_mode="floor")
         self.order, self.blocks = _triangular_blocks(sources, targets, states)
+        identity = torch.arange(states, device=mdp.device)
         self.rank = torch.empty_like(self.order)
-        self.rank[self.order] = torch.arange(states, device=mdp.device)
+        self.rank[self.order] = identity
+        # One block with the states in their own order (every MDP under 2·MIN_BLOCK states): no reordering.
+        self.single_block = len(self.blocks) == 1 and bool(torch.equal(self.order, identity))
         self.entries = (self.rank[sources], self.rank[targets])  # of P_π in the model's order
         self.workspace = torch.empty(states, states, dtype=mdp.dtype, device=mdp.device)
 
@@ -266,6 +273,9 @@ class _Model:
 
     def solve(self, system: _System, rhs: Tensor) -> Tensor:
         """``x = (I − γP_π)⁻¹ b``: forward block substitution."""
+        if self.single_block:
+            lu, pivots = system.factors[0]
+            return torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
         rhs, x = rhs[self.order], torch.empty_like(rhs)
         for (lo, hi), (lu, pivots) in zip(self.blocks, system.factors):
             block = rhs[lo:hi] - system.matrix[lo:hi, :lo] @ x[:lo]
@@ -274,6 +284,9 @@ class _Model:
 
     def solve_adjoint(self, system: _System, rhs: Tensor) -> Tensor:
         """``x = (I − γP_π)⁻ᵀ b``: backward block substitution with the same factors."""
+        if self.single_block:
+            lu, pivots = system.factors[0]
+            return torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1), adjoint=True).squeeze(-1)
         rhs, x = rhs[self.order], torch.empty_like(rhs)
         for (lo, hi), (lu, pivots) in reversed(list(zip(self.blocks, system.factors))):
             block = rhs[lo:hi] - system.matrix[hi:, lo:hi].mT @ x[hi:]

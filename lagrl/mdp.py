@@ -174,8 +174,12 @@ class TabularMDP:
         return torch.nn.functional.one_hot(policy.long(), self.num_actions).to(self.dtype)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TabularMDP:
-        """The same MDP on another device or in another dtype (validated already: not checked again)."""
+        """The same MDP on another device or in another dtype (validated already: not checked again).
+
+        ``self`` where neither changes (its cached :meth:`transition_rows` included)."""
         dtype = dtype or self.dtype
+        if dtype == self.dtype and (device is None or torch.device(device) == self.device):
+            return self
         return TabularMDP(
             self.transitions.to(device=device, dtype=dtype),
             self.rewards,

@@ -76,3 +76,23 @@ def test_strict_fails_when_a_flow_misses_the_optimal_policy(tmp_path):
     missed = [row["method"] for row in rows if row["kind"] == "flow" and row["greedy_optimal_at"] is None]
     assert missed, "the test needs a flow that misses; choose another task"
     assert main(argv + ["--strict"]) == 1
+
+
+def test_worker_processes_give_the_rows_and_trajectories_of_one_process(tmp_path):
+    """--jobs 2 (forked workers) against --jobs 1: identical rows but for the timings, every trajectory."""
+    tasks = ["--env", "lagrl/RiverSwim-v0", "--env", "lagrl/Garnet-v0:num_states=10,seed=3"]
+    serial, parallel, logdir = tmp_path / "serial.json", tmp_path / "parallel.json", tmp_path / "runs"
+    assert main(["verify", *tasks, "--jobs", "1", "--json", str(serial)]) == 0
+    assert main(["verify", *tasks, "--jobs", "2", "--json", str(parallel), "--logdir", str(logdir)]) == 0
+
+    def untimed(path):
+        return [{key: value for key, value in row.items() if key != "seconds"} for row in json.loads(path.read_text())]
+
+    assert untimed(parallel) == untimed(serial)
+    accumulator = EventAccumulator(str(logdir))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    for row in json.loads(parallel.read_text()):
+        if row["kind"] == "flow":
+            assert f"{row['task']}/{row['method']}/value_error" in tags
+            assert len(accumulator.Scalars(f"{row['task']}/{row['method']}/value_error")) == row["iterations"] + 1
