@@ -707,7 +707,10 @@ def policy_gradient(
     ``½ ΔθᵀMΔθ = energy`` in its exact Fisher metric, ``η = sqrt(2·energy / uᵀMu)`` — for ``"fisher-sqrt"``
     ``M = F_diag + eps`` and ``uᵀMu = ‖g‖²``; for ``"npg"`` ``u = A/(1 − γ)`` and ``uᵀFu = Σ_s d^π(s)
     Var_π(u(s, ·))`` with the full policy Fisher. The step's predicted KL is then ``energy`` whatever the
-    size of ``g``: a vanishing gradient no longer shrinks the step.
+    size of ``g``: a vanishing gradient no longer shrinks the step. So the flow stops where ``V^π`` is
+    Bellman's fixed point (residual ≤ ``GREEDY_OPTIMALITY_TOLERANCE·max(1, ‖V*‖∞)``): there ``g`` is
+    round-off, and a step of fixed energy along it leaves the optimum (measured: ρ = ½ reaches V* to
+    1e-13 on the default suite within 21 steps, then ends 24–1000 away without the stop).
 
     Measured (γ = 0.99): Adam (lr 0.1) is greedy-optimal after ~500 steps on FrozenLake; on CliffWalking
     it plateaus on the safe path, ``V*(start) − V^π(start) ≈ 3.5`` after 2000 steps (THEORY §6).
@@ -743,6 +746,8 @@ def policy_gradient(
         record(k, values, q, state.policy, policy_entropy=_policy_entropy(visitation, state.policy))
         if k == steps:
             break
+        if energy is not None and record.history["bellman_residual"][-1] <= GREEDY_OPTIMALITY_TOLERANCE * record.scale:
+            continue  # at the fixed point: a fixed-energy step would only scale up round-off in g
         if method == "npg":
             eta = lr
             if energy is not None:

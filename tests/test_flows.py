@@ -220,6 +220,19 @@ def test_energy_rule_step_holds_the_predicted_kl(garnet, method):
         policy_gradient(mdp, optimum(mdp), method="adam", energy=delta)
 
 
+def test_energy_rule_takes_fisher_sqrt_off_the_cliffwalking_plateau():
+    """ρ = ½ with the exact Fisher: a fixed rate stalls on CliffWalking (THEORY §6), fixed energy reaches V*."""
+    mdp = TabularMDP.from_gymnasium("CliffWalking-v1", 0.99)
+    reference = optimum(mdp)
+    mu = torch.full((mdp.num_states,), 1 / mdp.num_states, dtype=F64)
+    fixed = policy_gradient(mdp, reference, method="fisher-sqrt", steps=100, lr=0.1, mu=mu)
+    energy = policy_gradient(mdp, reference, method="fisher-sqrt", steps=100, energy=1e-2, mu=mu)
+    assert fixed.history["value_error"][-1] > 1.0 and fixed.greedy_optimal_at is None
+    assert energy.greedy_optimal_at is not None
+    assert energy.history["value_error"][-1] <= 1e-6 * max(1.0, float(reference.abs().max()))
+    assert energy.settings["energy"] == 1e-2 and energy.settings["lr"] is None
+
+
 def linprog_values(mdp: TabularMDP) -> torch.Tensor:
     """V* of the primal LP ``min μᵀV s.t. V(s) ≥ r(s,a) + γ P(·|s,a)ᵀV`` by scipy's HiGHS (μ uniform)."""
     states, actions = mdp.num_states, mdp.num_actions
