@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from lagrl import bellman, flows
-from lagrl.equivalence import ExactCheck, exact_checks
-from lagrl.hamiltonian import tabular_hamiltonian
+from lagrl.equivalence import IDENTITY_RTOL, ExactCheck, exact_checks
+from lagrl.hamiltonian import bellman_optimality_residual, tabular_hamiltonian
 from lagrl.mdp import TabularMDP
 from lagrl.trajectory import TrajectoryWriter
 
@@ -205,3 +205,82 @@ def _flows(mdp: TabularMDP, reference: Tensor) -> dict[str, Callable[[flows.Call
             mdp, reference, method=name.removesuffix("-energy"), mu=uniform, callback=callback, **FLOW_SETTINGS[name]
         )
     return runs
+
+
+class BatchReport(NamedTuple):
+    """``lagrl verify --batch``: the worst member's certificates, one row per solver, and throughput."""
+
+    report: TaskReport
+    mdps_per_second: dict[str, float]
+    bandwidth: float
+    """Value iteration's effective memory bandwidth in GB/s: ``P`` (``N·S·A·S`` floats) read once a sweep."""
+
+
+def verify_batch(label: str, mdp: TabularMDP, *, tol: float) -> BatchReport:
+    """A batch of MDPs (one leading batch dim) solved by one batched call of each exact solver on its device.
+
+    Rows as in :func:`verify_task` (``max_abs_dv``: the worst member; ``policy_agreement``: the mean over
+    members). Certificates on every member, each reported for the worst member relative to its
+    ``scale = max(1, ‖V*‖∞)``: stationarity of value and policy iteration (≤ ``tol``) and LP duality at
+    policy iteration's ``V*`` with ``d*`` its occupancy from uniform ``μ`` (≤ ``IDENTITY_RTOL``). The
+    per-task :func:`~lagrl.equivalence.exact_checks` (NPG and soft checks) run in the suite, not here.
+    """
+    if len(mdp.batch_shape) != 1:
+        raise ValueError(f"verify_batch takes MDPs with one batch dim (N, S, A, S), got {tuple(mdp.batch_shape)}")
+    count = mdp.batch_shape[0]
+
+    def timed(run: Callable[[], bellman.Solution]) -> tuple[bellman.Solution, float]:
+        if mdp.device.type == "cuda":
+            torch.cuda.synchronize(mdp.device)
+        start = time.perf_counter()
+        result = run()
+        if mdp.device.type == "cuda":
+            torch.cuda.synchronize(mdp.device)
+        return result, time.perf_counter() - start
+
+    reference, seconds_pi = timed(lambda: bellman.policy_iteration(mdp))
+    value_iteration, seconds_vi = timed(lambda: bellman.value_iteration(mdp, tol=tol))
+    solved, seconds_solve = timed(lambda: bellman.solve(mdp, tol=tol))
+    cross_check = bellman.value_iteration(mdp, tol=tol / 100)
+    optimal = reference.values
+    scale = optimal.abs().amax(-1).clamp_min(1.0)
+    optimal_q = tabular_hamiltonian(mdp, optimal)
+
+    def agreement(policy: Tensor) -> float:
+        tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * scale[:, None, None]
+        good = optimal_q >= optimal.unsqueeze(-1) - tolerance
+        return float(good.gather(-1, policy.long().unsqueeze(-1)).to(torch.float64).mean())
+
+    def row(method: str, solution: bellman.Solution, against: Tensor, seconds: float) -> Row:
+        settings = {"tol": tol, "batch": count, "mdps_per_second": count / seconds}
+        error = float((solution.values - against).abs().amax())
+        agree = agreement(solution.policy)
+        return Row(label, method, "exact", error, agree, None, solution.iterations, seconds, settings)
+
+    rows = [
+        row("value_iteration", value_iteration, optimal, seconds_vi),
+        row("policy_iteration", reference, cross_check.values, seconds_pi),
+        row("solve", solved, optimal, seconds_solve),
+    ]
+
+    def worst(name: str, residual: Tensor, tolerance: float) -> ExactCheck:
+        return ExactCheck(f"{name}, worst of {count}, relative", float((residual / scale).amax()), tolerance)
+
+    mu = torch.full_like(optimal, 1.0 / mdp.num_states)
+    dual = flows.occupancy(mdp, reference.policy, mu)
+    slack = optimal.unsqueeze(-1) - optimal_q
+    inflow = mdp.gamma * torch.einsum("nsat,nsa->nt", mdp.transitions, dual)
+    flow = (dual.sum(-1) - mu - inflow).abs().amax(-1) * (1 - mdp.gamma)
+    gap = (mu * optimal).sum(-1) - (dual * mdp.rewards).sum((-2, -1))
+    checks = [
+        worst("stationarity [value iteration]", bellman_optimality_residual(mdp, value_iteration.values), tol),
+        worst("stationarity [policy iteration]", bellman_optimality_residual(mdp, optimal), tol),
+        worst("LP primal feasibility V* ≥ H(·,·;V*)", (-slack).amax((-2, -1)).clamp_min(0), IDENTITY_RTOL),
+        worst("LP dual feasibility (flow constraint) ×(1−γ)", flow * scale, IDENTITY_RTOL),
+        worst("LP duality gap", gap.abs(), IDENTITY_RTOL),
+        worst("complementary slackness ×(1−γ)", (dual * slack).abs().amax((-2, -1)) * (1 - mdp.gamma), IDENTITY_RTOL),
+    ]
+    rates = {row.method: count / row.seconds for row in rows}
+    sweeps = value_iteration.iterations
+    bandwidth = sweeps * mdp.transitions.numel() * mdp.transitions.element_size() / seconds_vi / 1e9
+    return BatchReport(TaskReport(label, checks, rows), rates, bandwidth)

@@ -2,11 +2,16 @@
 
 import json
 
+import mdptoolbox.mdp
+import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lagrl.bellman import policy_iteration
 from lagrl.cli import main
-from lagrl.verify import TaskSpec
+from lagrl.envs.garnet import garnet_batch
+from lagrl.verify import TaskSpec, verify_batch
 
 JSON_KEYS = {"task", "method", "kind", "max_abs_dv", "policy_agreement", "iterations", "seconds"}
 FLOW_SCALARS = {"bellman_residual", "value_error", "hamiltonian"}
@@ -96,3 +101,58 @@ def test_worker_processes_give_the_rows_and_trajectories_of_one_process(tmp_path
         if row["kind"] == "flow":
             assert f"{row['task']}/{row['method']}/value_error" in tags
             assert len(accumulator.Scalars(f"{row['task']}/{row['method']}/value_error")) == row["iterations"] + 1
+
+
+def test_batch_verifies_every_member_against_an_independent_solver(tmp_path, capsys):
+    """--batch: rows of the batched solvers, certificates, throughput; each member's V* from mdptoolbox."""
+
+    rows_path = tmp_path / "batch.json"
+    argv = ["verify", "--batch", "6", "--states", "9", "--actions", "3", "--branching", "2", "--seed", "5"]
+    assert main([*argv, "--json", str(rows_path)]) == 0
+    out = capsys.readouterr().out
+    assert "certificates hold on every member" in out and "MDPs/s" in out and "GB/s" in out
+    rows = json.loads(rows_path.read_text())
+    assert {row["method"] for row in rows} == {"value_iteration", "policy_iteration", "solve"}
+    assert all(row["kind"] == "exact" and row["settings"]["batch"] == 6 and row["max_abs_dv"] <= 1e-6 for row in rows)
+    mdps = garnet_batch(6, 9, 3, 2, seed=5)
+    report = verify_batch("batch", mdps, tol=1e-6)
+    assert all(check.passed for check in report.report.checks)
+    values = policy_iteration(mdps).values
+    for member in range(6):
+        transitions = mdps.transitions[member].numpy().transpose(1, 0, 2)  # (A, S, S)
+        solver = mdptoolbox.mdp.PolicyIteration(transitions, mdps.rewards[member].numpy(), 0.99)
+        solver.run()
+        np.testing.assert_allclose(values[member].numpy(), solver.V, rtol=0, atol=1e-8)
+
+
+def test_garnet_batch_draws_garnets():
+    first, again = garnet_batch(4, 7, 2, 3, seed=1), garnet_batch(4, 7, 2, 3, seed=1)
+    assert torch.equal(first.transitions, again.transitions) and torch.equal(first.rewards, again.rewards)
+    assert not torch.equal(first.transitions, garnet_batch(4, 7, 2, 3, seed=2).transitions)
+    assert torch.allclose(first.transitions.sum(-1), torch.ones(4, 7, 2, dtype=torch.float64))
+    assert bool(((first.transitions > 0).sum(-1) == 3).all())
+    assert bool(((first.rewards >= 0) & (first.rewards <= 1)).all())
+    with pytest.raises(ValueError, match="branching = 8 exceeds num_states = 7"):
+        garnet_batch(1, 7, 2, 8)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["verify", "--batch", "2", "--env", "FrozenLake-v1"], "drop --env"),
+        (["verify", "--batch", "2", "--states", "3", "--branching", "4"], "--branching 4 exceeds --states 3"),
+    ],
+)
+def test_bad_batch_arguments_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_batch_on_every_device_matches_the_cpu_solution(device):
+    """The batched route on ``device`` against policy iteration of the same tables on the CPU."""
+    mdps = garnet_batch(4, 8, 2, 2, seed=3, device=device)
+    batch = verify_batch("batch", mdps, tol=1e-6)
+    assert all(check.passed for check in batch.report.checks)
+    assert all(row.max_abs_dv <= 1e-6 for row in batch.report.rows) and batch.bandwidth > 0
+    on_cpu = mdps.to(device="cpu")
+    torch.testing.assert_close(policy_iteration(mdps).values.cpu(), policy_iteration(on_cpu).values, rtol=0, atol=1e-9)
