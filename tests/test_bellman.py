@@ -22,6 +22,7 @@ from lagrl.bellman import (
     solve,
     value_iteration,
 )
+from lagrl.hamiltonian import tabular_hamiltonian
 from lagrl.mdp import TabularMDP
 
 GAMMA = 0.99
@@ -306,6 +307,16 @@ def test_solve_and_policy_iteration_at_gamma_zero_take_the_best_reward(monkeypat
         for solution in (solve(mdp, 1e-8), policy_iteration(mdp)):
             torch.testing.assert_close(solution.values, mdp.rewards.amax(-1), rtol=0, atol=1e-15)
             assert torch.equal(solution.policy, mdp.rewards.argmax(-1))
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_numpy_route_hamiltonian_is_tabular_hamiltonian(batch):
+    """The host route keeps its own numpy GEMV (cheaper per call on small tables): the same numbers as the
+    one torch kernel, lagrl.hamiltonian.tabular_hamiltonian."""
+    mdp = random_mdp(*batch, states=7, actions=4, seed=21)
+    values = torch.randn(batch + (7,), generator=torch.Generator().manual_seed(22), dtype=F64)
+    host = bellman._HostDynamics(mdp).hamiltonian(values.numpy())
+    numpy.testing.assert_allclose(host, tabular_hamiltonian(mdp, values).numpy(), rtol=1e-14, atol=1e-14)
 
 
 @pytest.mark.parametrize("actions", [1, 2, 3, 6])
