@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -234,8 +234,8 @@ def _verify(args: argparse.Namespace) -> int:
     settings = (args.gamma, args.tol, args.device, not args.exact_only, args.threads)
     progress = tqdm(total=len(tasks), desc="lagrl verify", unit="task", disable=None, leave=False)
     # The workers fork before the writer starts its thread.
-    with _verify_tasks(tasks, settings, jobs) as outcomes, writer as log, progress as bar:
-        for spec, outcome in outcomes:
+    with _verify_tasks(tasks, settings, jobs) as run, writer as log, progress as bar:
+        for spec, outcome in run(log):
             bar.update()
             if isinstance(outcome, Exception):
                 print(f"lagrl verify: {spec.label}: {outcome}", file=sys.stderr)
@@ -274,8 +274,11 @@ class _TrajectoryBuffer:
         self.records.append((prefix, step, dict(scalars)))
 
 
-def _verify_one(spec: TaskSpec, settings: VerifySettings) -> tuple[TaskReport, list] | Exception:
-    """One task in a worker: its report and trajectories, or the load error (exit 2 in the parent)."""
+def _verify_one(
+    spec: TaskSpec, settings: VerifySettings, writer: TrajectoryWriter | None = None
+) -> tuple[TaskReport, list] | Exception:
+    """One task: its report and the trajectories not yet written (all of them without ``writer``, as in a
+    worker, which shares no log file), or the load error (exit 2)."""
     gamma, tol, device, run_flows, threads = settings
     torch.set_num_threads(threads)
     try:
@@ -283,7 +286,8 @@ def _verify_one(spec: TaskSpec, settings: VerifySettings) -> tuple[TaskReport, l
     except (ValueError, TypeError, gymnasium.error.Error) as error:
         return error
     buffer = _TrajectoryBuffer()
-    return verify_task(spec.label, mdp, tol=tol, writer=buffer, run_flows=run_flows), buffer.records
+    report = verify_task(spec.label, mdp, tol=tol, writer=writer or buffer, run_flows=run_flows)
+    return report, buffer.records
 
 
 def _task_size(spec: TaskSpec) -> int:
@@ -300,18 +304,22 @@ def _task_size(spec: TaskSpec) -> int:
         env.close()
 
 
+Outcomes = Iterator[tuple[TaskSpec, tuple[TaskReport, list] | Exception]]
+
+
 @contextmanager
 def _verify_tasks(
     tasks: list[TaskSpec], settings: VerifySettings, jobs: int
-) -> Iterator[Iterator[tuple[TaskSpec, tuple[TaskReport, list] | Exception]]]:
-    """``(spec, outcome)`` in the tasks' order; with ``jobs > 1`` from a pool of forked workers.
+) -> Iterator[Callable[[TrajectoryWriter | None], Outcomes]]:
+    """``run(writer)`` → ``(spec, outcome)`` in the tasks' order; with ``jobs > 1`` from forked workers.
 
-    Fork, not spawn: a worker inherits the imported torch (seconds of start-up each). The workers are
-    forked on entry, while the parent runs no thread of its own (``--threads`` torch threads, no CUDA:
-    CUDA runs in one process), and the pool is shut down by its own handle on exit, Ctrl-C included.
+    One process writes the trajectories as they are made; workers hand theirs back. Fork, not spawn: a
+    worker inherits the imported torch (seconds of start-up each). The workers are forked on entry, while
+    the parent runs no thread of its own (``--threads`` torch threads, no CUDA: CUDA runs in one process),
+    and the pool is shut down by its own handle on exit, Ctrl-C included.
     """
     if jobs == 1:
-        yield ((spec, _verify_one(spec, settings)) for spec in tasks)
+        yield lambda writer: ((spec, _verify_one(spec, settings, writer)) for spec in tasks)
         return
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
@@ -320,7 +328,7 @@ def _verify_tasks(
         for index in sorted(futures, key=lambda index: -_task_size(tasks[index])):
             futures[index] = pool.submit(_verify_one, tasks[index], settings)
         try:
-            yield ((spec, futures[index].result()) for index, spec in enumerate(tasks))
+            yield lambda writer: ((spec, futures[index].result()) for index, spec in enumerate(tasks))
         finally:
             for future in futures.values():
                 future.cancel()

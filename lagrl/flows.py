@@ -565,11 +565,16 @@ def lp_proximal(
     - ``d_{k+1} = (d_k + β c(V_{k+1}))₊``, the multiplier step.
 
     An explicit step on a bilinear saddle orbits (:func:`lp_saddle`'s measured trouble); the implicit step is
-    firmly non-expansive and converges for every step size, finitely on an LP. Its scale comes from the
+    firmly non-expansive and converges for every step size (with exact inner solves, in finitely many steps
+    on an LP; the inner solves here stop at ``newton_steps``). Its scale comes from the
     Lagrangian's units, not from a tuned rate: ``β = penalty·(1 − γ)/‖r‖∞`` (occupancy per value) and
     ``t = proximal·‖r‖∞/(1 − γ)`` (value per occupancy), the same dimensionless ``penalty`` and
     ``proximal`` for every MDP. Start, policy and ``duality_gap`` as in :func:`lp_saddle`;
     ``newton_steps`` in the history counts each step's Newton iterations.
+
+    Measured (γ = 0.99, defaults, ``lagrl verify``'s 8 tasks): greedy-optimal and within
+    ``1e-3·max(1, ‖V*‖∞)`` of V* by step 9 on every task, 33–281 Newton solves per task; ``penalty``
+    1e4–1e6 also solve the suite, 1e2–1e3 do not within 200 steps.
     """
     mdp, reference = _prepare(mdp, reference)
     if not (penalty > 0 and proximal > 0):
