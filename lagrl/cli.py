@@ -233,17 +233,21 @@ def _verify(args: argparse.Namespace) -> int:
     writer = TrajectoryWriter(args.logdir) if args.logdir else nullcontext()
     settings = (args.gamma, args.tol, args.device, not args.exact_only, args.threads)
     progress = tqdm(total=len(tasks), desc="lagrl verify", unit="task", disable=None, leave=False)
-    # The workers fork before the writer starts its thread.
-    with _verify_tasks(tasks, settings, jobs) as run, writer as log, progress as bar:
-        for spec, outcome in run(log):
-            bar.update()
-            if isinstance(outcome, Exception):
-                print(f"lagrl verify: {spec.label}: {outcome}", file=sys.stderr)
-                return 2
-            report, trajectories = outcome
-            for prefix, step, scalars in trajectories if log is not None else ():
-                log.scalars(prefix, step, scalars)
-            reports.append(report)
+    try:  # the workers fork before the writer starts its thread
+        with _verify_tasks(tasks, settings, jobs) as run, writer as log, progress as bar:
+            for spec, outcome in run(log):
+                bar.update()
+                if isinstance(outcome, Exception):
+                    print(f"lagrl verify: {spec.label}: {outcome}", file=sys.stderr)
+                    return 2
+                report, trajectories = outcome
+                for prefix, step, scalars in trajectories if log is not None else ():
+                    log.scalars(prefix, step, scalars)
+                reports.append(report)
+    except KeyboardInterrupt:
+        kept = f"; their trajectories are in {args.logdir}" if args.logdir else ""
+        print(f"lagrl verify: interrupted after {len(reports)} of {len(tasks)} tasks{kept}", file=sys.stderr)
+        return 130
     _print_reports(reports, args)
     rows = [row for report in reports for row in report.rows]
     if args.json:

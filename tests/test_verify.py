@@ -1,6 +1,11 @@
 """`lagrl verify`: exit codes, JSON rows, TensorBoard trajectories read back, and bad input."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mdptoolbox.mdp
 import numpy as np
@@ -156,3 +161,24 @@ def test_batch_on_every_device_matches_the_cpu_solution(device):
     assert all(row.max_abs_dv <= 1e-6 for row in batch.report.rows) and batch.bandwidth > 0
     on_cpu = mdps.to(device="cpu")
     torch.testing.assert_close(policy_iteration(mdps).values.cpu(), policy_iteration(on_cpu).values, rtol=0, atol=1e-9)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_the_logs(tmp_path):
+    """SIGINT to the command's own process group (a terminal's Ctrl-C) mid-run: exit 130 with a message, soon."""
+    logdir = tmp_path / "runs"
+    command = [sys.executable, "-m", "lagrl.cli", "verify", "--jobs", "2", "--logdir", str(logdir)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not logdir.exists() and time.monotonic() < deadline:  # the writer opens after the workers fork
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert "interrupted after" in err and str(logdir) in err
+    assert any(logdir.iterdir())
