@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,3 +38,14 @@ def test_planning_quick(tmp_path):
             # No path beats the bound; the planned path stays within the block the target falls in.
             assert row["samples_needed"] <= row["planned"] <= p * math.ceil(row["samples_needed"] / p)
             assert row["greedy"] >= row["samples_needed"] and row["random_min"] >= row["samples_needed"]
+
+
+def test_unequal_information_quick(tmp_path):
+    report = run_quick("unequal_information", tmp_path)
+    for row in report["numbers"]:
+        bound = row["bound"]
+        assert bound == pytest.approx(report["settings"]["base_noise_var"] + row["p"] / row["information_time"])
+        for name in ("planned", "online", "uniform"):  # no allocation beats the information-time bound
+            assert row[name]["closed_form"] >= bound - 1e-12
+            assert abs(row[name]["monte_carlo"] - row[name]["closed_form"]) <= 4 * row[name]["standard_error"]
+        assert abs(row["margin_monte_carlo"] - row["margin_closed_form"]) <= 4 * row["margin_standard_error"]
