@@ -106,11 +106,23 @@ class _Direction(NamedTuple):
     energy: Tensor
     adam: Tensor | None
 
-    def apply(self, eta: float) -> None:
+    def parts(self) -> list[Tensor]:
+        """``update`` split over ``views``, each part shaped like its view."""
         sizes = [view.shape[self.axis] if view.ndim > self.axis else view.numel() for view in self.views]
         parts = [self.update] if len(self.views) == 1 else self.update.split(sizes, dim=self.axis)
-        for view, part in zip(self.views, parts):
-            view.add_(part.view_as(view), alpha=-eta / self.bc1)
+        return [part.view_as(view) for view, part in zip(self.views, parts)]
+
+
+def _step_directions(directions: list[_Direction], etas: list[float]) -> None:
+    """``views −= (η / bc1) · update`` for every direction: one fused ``_foreach_add_`` per distinct ``η / bc1``
+    (one in all for the energy rule: the blocks of a group share η and, stepping together, bc1)."""
+    batches: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+    for direction, eta in zip(directions, etas):
+        views, parts = batches.setdefault(-eta / direction.bc1, ([], []))
+        views.extend(direction.views)
+        parts.extend(direction.parts())
+    for alpha, (views, parts) in batches.items():
+        torch._foreach_add_(views, parts, alpha=alpha)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -312,10 +324,13 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             return
         rule = group["step_rule"]
         if rule == "lr":
-            for direction in directions:
-                direction.apply(group["lr"])
+            _step_directions(directions, [group["lr"]] * len(directions))
         elif rule == "energy":
-            energy = torch.stack([d.energy / d.bc1**2 for d in directions]).sum().item()
+            corrections = {d.bc1 for d in directions}
+            if len(corrections) == 1:  # one sum, one division: the blocks stepped together
+                energy = torch.stack([d.energy for d in directions]).sum().item() / corrections.pop() ** 2
+            else:
+                energy = torch.stack([d.energy / d.bc1**2 for d in directions]).sum().item()
             eta = energy_step_size(energy, group["energy_budget"])
             # The first step of an update fixes the cap: a gradient that shrinks within the update (PPO's
             # clipping, a converging epoch) shrinks the step instead of being scaled back up to δ.
@@ -325,12 +340,11 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             eta = eta if cap is None else min(eta, cap)
             initial = group.setdefault("initial_lr", group["lr"])
             scale = group["lr"] / initial if initial > 0 else 0.0
-            for direction in directions:
-                direction.apply(scale * eta)
+            _step_directions(directions, [scale * eta] * len(directions))
         else:  # graft: per block, Adam's step length along the direction u
             norms = torch.stack([torch.stack([d.adam.norm(), d.update.norm() / d.bc1]) for d in directions]).tolist()
-            for direction, (adam_norm, norm) in zip(directions, norms):
-                direction.apply(group["lr"] * adam_norm / norm if norm > 0 else 0.0)
+            etas = [group["lr"] * adam_norm / norm if norm > 0 else 0.0 for adam_norm, norm in norms]
+            _step_directions(directions, etas)
 
     def _check_finite(self, group: dict[str, Any], params: list[Tensor]) -> None:
         # One fused reduction: a sum of norms is finite iff every gradient is (barring overflow of a
