@@ -21,21 +21,15 @@ Needs the ``experiments`` extra (matplotlib).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from claims import parse_arguments, plt, save_figure, write_report
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-import torch  # noqa: E402
-
-from lagrl.design import (  # noqa: E402
+from lagrl.design import (
     error_bound,
     greedy_path,
     prediction_error,
@@ -134,19 +128,11 @@ def plot(results: list[dict[str, Any]], targets: list[float], path: Path) -> Non
         axis.set_ylabel("expected prediction error ε (σ² = 1, noise included)")
         axis.set_title(f"least-time data path, p = {p}")
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized: p = 4, 20 random seeds")
-    parser.add_argument("--out", type=Path, default=Path("experiments/out"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_arguments(__doc__.splitlines()[0], "p = 4, 20 random seeds")
     dimensions = [4] if args.quick else [4, 16]
     targets = [1.5 * NOISE, 1.3 * NOISE, 1.2 * NOISE, 1.1 * NOISE]  # 1.3: samples_needed not a multiple of p
     random_seeds = 20 if args.quick else 200
@@ -154,27 +140,7 @@ def main() -> None:
     for p in dimensions:
         horizon = samples_needed(targets[-1], p, NOISE) + 2 * p
         results.append(run(p, targets, horizon, random_seeds, args.seed, args.device))
-    outcome = verdict(results)
-    args.out.mkdir(parents=True, exist_ok=True)
     plot(results, targets, args.out / "planning.png")
-    report = {
-        "claim": CLAIM,
-        "verdict": outcome,
-        "settings": {
-            "quick": args.quick,
-            "seed": args.seed,
-            "device": args.device,
-            "noise_var": NOISE,
-            "dimensions": dimensions,
-            "targets": targets,
-            "random_seeds": random_seeds,
-            "greedy_pool": "20p random unit rows",
-        },
-        "numbers": [{"p": result["p"], "rows": result["rows"]} for result in results],
-    }
-    temporary = args.out / "planning.json.tmp"
-    temporary.write_text(json.dumps(report, indent=2))
-    os.replace(temporary, args.out / "planning.json")
     for result in results:
         for row in result["rows"]:
             print(
@@ -182,7 +148,15 @@ def main() -> None:
                 f"{row['planned']}, greedy {row['greedy']}, random median {row['random_median']} "
                 f"[{row['random_min']}, {row['random_max']}] ({row['random_reached']})"
             )
-    print(f"verdict: {outcome} — {CLAIM}")
+    settings = {
+        "noise_var": NOISE,
+        "dimensions": dimensions,
+        "targets": targets,
+        "random_seeds": random_seeds,
+        "greedy_pool": "20p random unit rows",
+    }
+    numbers = [{"p": result["p"], "rows": result["rows"]} for result in results]
+    write_report(args, "planning", CLAIM, verdict(results), settings, numbers)
 
 
 if __name__ == "__main__":

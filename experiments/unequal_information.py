@@ -29,18 +29,12 @@ Writes ``DIR/unequal_information.json`` and ``DIR/unequal_information.png``; pri
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-import torch  # noqa: E402
+import torch
+from claims import parse_arguments, plt, save_figure, write_report
 
 CLAIM = (
     "Open question 1: with unequal information per observation, time counted in accumulated Fisher information "
@@ -170,19 +164,11 @@ def plot(results: list[dict[str, Any]], p_values: list[int], path: Path) -> None
     margin_axis.set_ylabel("ε_uniform − ε_planned")
     margin_axis.set_title("margin of the planned allocation")
     margin_axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized: p = 4, 4 seeds, 20,000 trials")
-    parser.add_argument("--out", type=Path, default=Path("experiments/out"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_arguments(__doc__.splitlines()[0], "p = 4, 4 seeds, 20,000 trials")
     p_values = [4] if args.quick else [4, 16]
     seeds, trials, ratio = (4, 20_000, 10.0) if args.quick else (10, 200_000, 10.0)
     results = []
@@ -191,29 +177,8 @@ def main() -> None:
             result = run_seed(p, 4 * p, ratio, trials, args.seed + k, args.device)
             result["p"] = p
             results.append(result)
-    outcome = verdict(results)
-    args.out.mkdir(parents=True, exist_ok=True)
     plot(results, p_values, args.out / "unequal_information.png")
     numbers = [{key: value for key, value in r.items() if not key.startswith("_")} for r in results]
-    report = {
-        "claim": CLAIM,
-        "verdict": outcome,
-        "settings": {
-            "quick": args.quick,
-            "seed": args.seed,
-            "device": args.device,
-            "base_noise_var": BASE_NOISE,
-            "noise_ratio": ratio,
-            "observations": "4p",
-            "dimensions": p_values,
-            "seeds": seeds,
-            "monte_carlo_trials": trials,
-        },
-        "numbers": numbers,
-    }
-    temporary = args.out / "unequal_information.json.tmp"
-    temporary.write_text(json.dumps(report, indent=2))
-    os.replace(temporary, args.out / "unequal_information.json")
     for r in numbers:
         print(
             f"p={r['p']:3} seed {r['seed']}: τ={r['information_time']:.1f}, planned {r['planned']['closed_form']:.4f} "
@@ -222,7 +187,15 @@ def main() -> None:
             f"{r['margin_closed_form']:.4f}, Monte Carlo {r['margin_monte_carlo']:.4f}"
             f" ± {r['margin_standard_error']:.4f}"
         )
-    print(f"verdict: {outcome} — {CLAIM}")
+    settings = {
+        "base_noise_var": BASE_NOISE,
+        "noise_ratio": ratio,
+        "observations": "4p",
+        "dimensions": p_values,
+        "seeds": seeds,
+        "monte_carlo_trials": trials,
+    }
+    write_report(args, "unequal_information", CLAIM, verdict(results), settings, numbers)
 
 
 if __name__ == "__main__":
