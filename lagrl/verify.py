@@ -99,34 +99,45 @@ def policy_agreement(policy: Tensor, optimal_q: Tensor, optimal_values: Tensor) 
     """Fraction of states whose greedy action (argmax of ``policy``) is an optimal action.
 
     An action is optimal where ``H(s, a; V*) ≥ V*(s) − tolerance·max(1, ‖V*‖∞)``, with the flows'
-    :data:`~lagrl.flows.GREEDY_OPTIMALITY_TOLERANCE`.
+    :data:`~lagrl.flows.GREEDY_OPTIMALITY_TOLERANCE`. For a batch of MDPs (leading dims): each member's own
+    scale, and the fraction over all members' states.
     """
     greedy = policy.argmax(-1) if policy.is_floating_point() else policy
-    tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * flows.value_scale(optimal_values)
-    optimal = optimal_q >= optimal_values.unsqueeze(-1) - tolerance
+    scale = optimal_values.abs().amax(-1, keepdim=True).clamp_min(1.0)  # max(1, ‖V*‖∞) per member
+    tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * scale
+    optimal = optimal_q >= (optimal_values - tolerance).unsqueeze(-1)
     return float(optimal.gather(-1, greedy.long().unsqueeze(-1)).to(torch.float64).mean())
 
 
-def _timed(run: Callable[[], Any]) -> tuple[Any, float]:
+def _timed(run: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """``run()`` and its wall time, the device's queued work included (CUDA is synchronised around it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return result, time.perf_counter() - start
 
 
-def load_task(spec: TaskSpec, *, gamma: float, device: torch.device) -> TabularMDP:
-    """The task's MDP (errors from Gymnasium or from a missing ``P`` propagate to the caller)."""
-    return TabularMDP.from_gymnasium(spec.env_id, gamma=gamma, device=device, **spec.kwargs)
+class _ExactSolves(NamedTuple):
+    """The exact solvers' rows and the solutions the checks and flows reuse."""
+
+    rows: list[Row]
+    reference: bellman.Solution
+    value_iteration: bellman.Solution
+    cross_check: bellman.Solution
+    optimal_q: Tensor
 
 
-def verify_task(
-    task: str, mdp: TabularMDP, *, tol: float, writer: TrajectoryWriter | None = None, run_flows: bool = True
-) -> TaskReport:
-    """Exact checks, exact solvers and flows on one MDP; flow trajectories go to ``writer``."""
-    reference, seconds_pi = _timed(lambda: bellman.policy_iteration(mdp))
+def _exact_solves(task: str, mdp: TabularMDP, tol: float) -> _ExactSolves:
+    """Policy iteration (``V*``), value iteration and :func:`~lagrl.bellman.solve` to ``tol``, each timed on
+    the MDP's device, and value iteration to ``tol/100`` that policy iteration's row is measured against."""
+    reference, seconds_pi = _timed(lambda: bellman.policy_iteration(mdp), mdp.device)
     optimal_values = reference.values
     optimal_q = tabular_hamiltonian(mdp, optimal_values)
-    value_iteration, seconds_vi = _timed(lambda: bellman.value_iteration(mdp, tol=tol))
-    solved, seconds_solve = _timed(lambda: bellman.solve(mdp, tol=tol))
+    value_iteration, seconds_vi = _timed(lambda: bellman.value_iteration(mdp, tol=tol), mdp.device)
+    solved, seconds_solve = _timed(lambda: bellman.solve(mdp, tol=tol), mdp.device)
     cross_check = bellman.value_iteration(mdp, tol=tol / 100)
 
     def exact_row(method: str, solution: bellman.Solution, against: Tensor, seconds: float) -> Row:
@@ -147,6 +158,20 @@ def verify_task(
         exact_row("policy_iteration", reference, cross_check.values, seconds_pi),
         exact_row("solve", solved, optimal_values, seconds_solve),
     ]
+    return _ExactSolves(rows, reference, value_iteration, cross_check, optimal_q)
+
+
+def load_task(spec: TaskSpec, *, gamma: float, device: torch.device) -> TabularMDP:
+    """The task's MDP (errors from Gymnasium or from a missing ``P`` propagate to the caller)."""
+    return TabularMDP.from_gymnasium(spec.env_id, gamma=gamma, device=device, **spec.kwargs)
+
+
+def verify_task(
+    task: str, mdp: TabularMDP, *, tol: float, writer: TrajectoryWriter | None = None, run_flows: bool = True
+) -> TaskReport:
+    """Exact checks, exact solvers and flows on one MDP; flow trajectories go to ``writer``."""
+    rows, reference, _, cross_check, optimal_q = _exact_solves(task, mdp, tol)
+    optimal_values = reference.values
     checks = exact_checks(mdp, tol=tol, optimum=reference, value_solution=cross_check)  # nothing solved twice
     if run_flows:
         for method, run in _flows(mdp, optimal_values).items():
@@ -155,7 +180,7 @@ def verify_task(
                 if writer is not None:
                     writer.scalars(f"{task}/{method}", step, scalars)
 
-            result, seconds = _timed(lambda run=run, log=log: run(log))
+            result, seconds = _timed(lambda run=run, log=log: run(log), mdp.device)
             rows.append(
                 Row(
                     task,
@@ -228,40 +253,14 @@ def verify_batch(label: str, mdp: TabularMDP, *, tol: float) -> BatchReport:
     if len(mdp.batch_shape) != 1:
         raise ValueError(f"verify_batch takes MDPs with one batch dim (N, S, A, S), got {tuple(mdp.batch_shape)}")
     count = mdp.batch_shape[0]
-
-    def timed(run: Callable[[], bellman.Solution]) -> tuple[bellman.Solution, float]:
-        if mdp.device.type == "cuda":
-            torch.cuda.synchronize(mdp.device)
-        start = time.perf_counter()
-        result = run()
-        if mdp.device.type == "cuda":
-            torch.cuda.synchronize(mdp.device)
-        return result, time.perf_counter() - start
-
-    reference, seconds_pi = timed(lambda: bellman.policy_iteration(mdp))
-    value_iteration, seconds_vi = timed(lambda: bellman.value_iteration(mdp, tol=tol))
-    solved, seconds_solve = timed(lambda: bellman.solve(mdp, tol=tol))
-    cross_check = bellman.value_iteration(mdp, tol=tol / 100)
+    solves = _exact_solves(label, mdp, tol)
+    rows = [
+        row._replace(settings=row.settings | {"batch": count, "mdps_per_second": count / row.seconds})
+        for row in solves.rows
+    ]
+    reference, value_iteration, optimal_q = solves.reference, solves.value_iteration, solves.optimal_q
     optimal = reference.values
     scale = optimal.abs().amax(-1).clamp_min(1.0)
-    optimal_q = tabular_hamiltonian(mdp, optimal)
-
-    def agreement(policy: Tensor) -> float:
-        tolerance = flows.GREEDY_OPTIMALITY_TOLERANCE * scale[:, None, None]
-        good = optimal_q >= optimal.unsqueeze(-1) - tolerance
-        return float(good.gather(-1, policy.long().unsqueeze(-1)).to(torch.float64).mean())
-
-    def row(method: str, solution: bellman.Solution, against: Tensor, seconds: float) -> Row:
-        settings = {"tol": tol, "batch": count, "mdps_per_second": count / seconds}
-        error = float((solution.values - against).abs().amax())
-        agree = agreement(solution.policy)
-        return Row(label, method, "exact", error, agree, None, solution.iterations, seconds, settings)
-
-    rows = [
-        row("value_iteration", value_iteration, optimal, seconds_vi),
-        row("policy_iteration", reference, cross_check.values, seconds_pi),
-        row("solve", solved, optimal, seconds_solve),
-    ]
 
     def worst(name: str, residual: Tensor, tolerance: float) -> ExactCheck:
         return ExactCheck(f"{name}, worst of {count}, relative", float((residual / scale).amax()), tolerance)
@@ -281,6 +280,6 @@ def verify_batch(label: str, mdp: TabularMDP, *, tol: float) -> BatchReport:
         worst("complementary slackness ×(1−γ)", (dual * slack).abs().amax((-2, -1)) * (1 - mdp.gamma), IDENTITY_RTOL),
     ]
     rates = {row.method: count / row.seconds for row in rows}
-    sweeps = value_iteration.iterations
-    bandwidth = sweeps * mdp.transitions.numel() * mdp.transitions.element_size() / seconds_vi / 1e9
+    seconds_vi = rows[0].seconds  # value iteration's row
+    bandwidth = value_iteration.iterations * mdp.transitions.numel() * mdp.transitions.element_size() / seconds_vi / 1e9
     return BatchReport(TaskReport(label, checks, rows), rates, bandwidth)
