@@ -1,4 +1,9 @@
-"""Random test inputs shared by the test modules (float64, seeded, on any device)."""
+"""Shared by the test modules: random inputs (float64, seeded, on any device) and the experiments' quick runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -14,3 +19,23 @@ def random_spd(n: int, seed: int, device, shift: float = 0.5) -> torch.Tensor:
     """A random symmetric positive definite ``n × n`` matrix ``a aᵀ + shift·I``."""
     a = randn(n, n, seed=seed, device=device)
     return a @ a.T + shift * torch.eye(n, dtype=F64, device=device)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(name: str, out: Path) -> dict:
+    """``experiments/<name>.py --quick --out out``: its report, checked for the shape every experiment shares."""
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads((out / f"{name}.json").read_text())
+    assert {"claim", "verdict", "settings", "numbers"} <= set(report)
+    assert report["verdict"] in {"holds", "fails", "mixed"}
+    assert f"verdict: {report['verdict']}" in completed.stdout
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return report

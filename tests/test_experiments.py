@@ -1,31 +1,11 @@
 """The experiments' --quick runs: each writes its JSON (claim, verdict, settings, numbers) and its plot, and
 its numbers agree with the closed forms they are measured against."""
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_quick(name: str, out: Path) -> dict:
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr
-    report = json.loads((out / f"{name}.json").read_text())
-    assert {"claim", "verdict", "settings", "numbers"} <= set(report)
-    assert report["verdict"] in {"holds", "fails", "mixed"}
-    assert f"verdict: {report['verdict']}" in completed.stdout
-    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return report
+from helpers import run_quick
 
 
 def test_planning_quick(tmp_path):
