@@ -4,6 +4,7 @@ lagrl check [--steps N] [--device DEV]   LagrangianAdam/RMSprop vs torch.optim, 
 lagrl verify [--env ID ...]              Bellman's fixed point vs the Lagrangian flows on tabular tasks
 lagrl train --algo ppo --env ID ...      an agent with zoo-style hyperparameters, checkpoints, TensorBoard
 lagrl evaluate PATH [--episodes N]       the mean ± std return of a model lagrl train saved
+lagrl sweep CONFIG.yml --out DIR         a grid of training runs on Ray Tune, with IQM statistics
 """
 
 from __future__ import annotations
@@ -132,6 +133,19 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="write mean_return, std_return, episodes")
 
 
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="run a sweep file's grid of training runs on Ray Tune (the sweep extra), with IQM statistics"
+    )
+    sweep.add_argument("config", type=Path, metavar="CONFIG.yml", help="the sweep file (see lagrl.agents.sweep_config)")
+    sweep.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
+    sweep.add_argument(
+        "--address", metavar="ADDR", help="join a running Ray cluster: auto or host:port (default: start a local Ray)"
+    )
+    sweep.add_argument("--resume", action="store_true", help="continue the sweep in DIR, skipping finished trials")
+    sweep.add_argument("--max-concurrent", type=_positive_int, metavar="N", help="trials at once (default: 1 per CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lagrl", description="Learning-Lagrangian RL: checks and tools.")
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
@@ -179,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", type=_device, default=torch.device("cpu"), help="cpu (default) or cuda")
     _add_train(commands)
     _add_evaluate(commands)
+    _add_sweep(commands)
     return parser
 
 
@@ -432,10 +447,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from lagrl.agents import sweep, sweep_summary
+    from lagrl.agents.sweep_config import load_sweep
+
+    try:
+        config = load_sweep(args.config)
+        result = sweep.run_sweep(
+            config, args.out, address=args.address, resume=args.resume, max_concurrent=args.max_concurrent
+        )
+    except training.ConfigError as error:
+        print(f"lagrl sweep: {error}", file=sys.stderr)
+        return 2
+    sweep.write_trials(result.rows, args.out / "trials.csv")
+    if result.rows:
+        summary = sweep_summary.write_summary(result.rows, result.curves, config.threshold, args.out)
+        print(sweep_summary.markdown(summary))
+    print(f"{len(result.rows)} finished trials in {args.out / 'trials.csv'}")
+    if result.incomplete:
+        print(f"not every trial finished; continue with: lagrl sweep {args.config} --out {args.out} --resume")
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    commands = {"check": _check, "verify": _verify, "train": _train, "evaluate": _evaluate}
+    commands = {"check": _check, "verify": _verify, "train": _train, "evaluate": _evaluate, "sweep": _sweep}
     return commands[args.command](args)
 
 

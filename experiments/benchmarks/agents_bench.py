@@ -53,12 +53,12 @@ import yaml
 from sb3_contrib import TRPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from lagrl.agents import PRESETS
+from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import META_KEYS, ConfigError, RunPlan, build_model, normalize_kwargs, plan_run
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0}
@@ -174,36 +174,6 @@ def make_plan(env_id: str, algorithm: str, seed: int, overrides: dict[str, Any])
     if family == "sb3":
         return replace(plan_run(name, env_id, {}, seed=seed), agent=ANCHORS[algorithm])
     return plan_run(family, env_id, overrides, preconditioner=name, seed=seed)
-
-
-class ThresholdWatch(BaseCallback):
-    """Records the first step at which the mean return of the last 100 training episodes reaches ``threshold``.
-
-    SB3 adds a step's finished episodes to ``ep_info_buffer`` after ``on_step``, so the buffer is checked at the
-    next step (or at the rollout's end) and the step that finished the episodes is the one recorded.
-    """
-
-    def __init__(self, threshold: float) -> None:
-        super().__init__()
-        self.threshold = threshold
-        self.reached: int | None = None
-        self.pending: int | None = None  # the last step that finished an episode, not yet checked
-
-    def _on_step(self) -> bool:
-        self._check()
-        if self.locals["dones"].any():
-            self.pending = self.num_timesteps
-        return True
-
-    def _on_rollout_end(self) -> None:
-        self._check()
-
-    def _check(self) -> None:
-        episodes = self.model.ep_info_buffer
-        if self.pending is not None and self.reached is None and len(episodes) == episodes.maxlen:
-            if statistics.fmean(info["r"] for info in episodes) >= self.threshold:
-                self.reached = self.pending
-        self.pending = None
 
 
 def evaluation_env(model: BaseAlgorithm, env_id: str, seed: int) -> VecEnv:

@@ -1,0 +1,318 @@
+"""``lagrl sweep``: the trials of a sweep file (:mod:`lagrl.agents.sweep_config`) as a Ray Tune experiment.
+
+Each trial is one ``lagrl train`` run (:func:`lagrl.agents.training.plan_run` and ``build_model``) in a Ray
+worker with one CPU and one torch thread. Along the run it reports, every :data:`REPORTS` th of its budget,
+the steps so far, the 100-episode training mean, the step at which that mean first reached the env's threshold
+and the throughput, with a checkpoint (the model's zip, its VecNormalize statistics and the threshold watch's
+state); after training it reports a deterministic evaluation. Under ``DIR``:
+
+- ``tune/`` — Ray Tune's experiment (its state, each trial's ``progress.csv`` and checkpoints): ``--resume``
+  restores it (``Tuner.restore``) and runs only what did not finish; a trial whose worker dies is retried from
+  its last checkpoint (``FailureConfig(max_failures=MAX_FAILURES)``);
+- ``trials/<trial>/`` — the trial's TensorBoard logs (SB3's and lagrl's tags, flushed at every report) and
+  its final model ``model.zip``;
+- ``trials.csv``, ``summary.json``, ``summary.md`` and the plots of :mod:`lagrl.agents.sweep_summary`.
+
+By default the command starts a local Ray on all cores and stops it at the end; ``address`` (``"auto"`` or
+``host:port``) joins a running cluster, whose nodes must all see ``DIR`` (a shared filesystem). Ray is an
+optional dependency: the ``sweep`` extra.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from lagrl.agents.sweep_config import SweepConfig, TrialSpec
+from lagrl.agents.threshold import ThresholdWatch
+from lagrl.agents.training import ConfigError, build_model, evaluate, evaluation_env, plan_run, save_atomically
+
+REPORTS = 10  # reports (each with a checkpoint) per trial
+MAX_FAILURES = 2  # retries of a trial whose worker dies
+EVALUATION_SEED = 10_000  # + the trial's seed: an env the training never saw
+EXPERIMENT = "tune"
+CSV_COLUMNS = (
+    "trial_id", "algo", "env", "preconditioner", "seed", "hyperparams", "timesteps", "eval_mean", "eval_std",
+    "train_mean", "steps_to_threshold", "fps", "wall_seconds", "node", "attempts", "logdir",
+)  # fmt: skip
+
+
+def require_ray() -> Any:
+    """``ray.tune``, or a :class:`ConfigError` naming the extra that provides it."""
+    try:
+        from ray import tune
+    except ImportError:
+        raise ConfigError(
+            "lagrl sweep needs Ray Tune and rliable: pip install -c constraints.txt -e '.[sweep]'"
+        ) from None
+    return tune
+
+
+def trial_name(spec: TrialSpec, trial_id: str) -> str:
+    """A folder name for a trial: its id, algorithm, env, preconditioner and seed (path-safe)."""
+    name = f"{trial_id}_{spec.algo}_{spec.env}_{spec.preset}_seed{spec.seed}"
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "-", name)
+
+
+class TuneReporter(BaseCallback):
+    """Reports the run's progress to Tune every ``every`` steps, each report with a checkpoint.
+
+    A checkpoint holds ``model.zip`` (:func:`save_atomically`), ``vec_normalize.pkl`` where the env is
+    normalised, and ``progress.json`` (the threshold watch's state, the seconds trained, the attempt).
+    """
+
+    def __init__(self, every: int, watch: ThresholdWatch, elapsed: float, attempt: int) -> None:
+        super().__init__()
+        self.every = max(1, every)
+        self.watch = watch
+        self.elapsed = elapsed  # seconds trained by earlier attempts
+        self.attempt = attempt
+        self.start = time.perf_counter()
+        self.start_steps = 0
+        self.reported_at = 0
+
+    def _on_training_start(self) -> None:
+        self.start, self.start_steps = time.perf_counter(), self.num_timesteps
+        self.reported_at = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps - self.reported_at >= self.every:
+            self.report(checkpoint=True)
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.start
+
+    def metrics(self) -> dict[str, Any]:
+        """What every report carries (``steps_to_threshold`` is -1 until the threshold is reached)."""
+        episodes = self.model.ep_info_buffer
+        train_mean = sum(info["r"] for info in episodes) / len(episodes) if episodes else float("nan")
+        run_seconds = time.perf_counter() - self.start
+        steps = self.num_timesteps - self.start_steps
+        return {
+            "timesteps": self.num_timesteps,
+            "train_mean": train_mean,
+            "steps_to_threshold": -1 if self.watch.reached is None else self.watch.reached,
+            "fps": steps / run_seconds if run_seconds > 0 else float("nan"),
+            "wall_seconds": self.seconds(),
+            "attempts": self.attempt,
+            "node": _node(),
+        }
+
+    def report(self, checkpoint: bool, **extra: Any) -> None:
+        from ray import tune
+
+        self._flush_logs()
+        metrics = self.metrics() | extra
+        self.reported_at = self.num_timesteps
+        if not checkpoint:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(self.model, Path(directory), self.watch, metrics["wall_seconds"], self.attempt)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    def _flush_logs(self) -> None:
+        """SB3's writers and lagrl's trajectory writer, so that a killed worker loses at most one report's logs."""
+        for output in getattr(self.model.logger, "output_formats", []):
+            writer = getattr(output, "writer", None)
+            if writer is not None:
+                writer.flush()
+        trajectory = getattr(self.model, "_trajectory_callback", None)
+        if trajectory is not None and trajectory.writer is not None:
+            trajectory.writer.flush()
+
+
+def _node() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def save_checkpoint(model: BaseAlgorithm, directory: Path, watch: ThresholdWatch, seconds: float, attempt: int) -> None:
+    """A trial's checkpoint in ``directory``: model, VecNormalize statistics and the run's progress."""
+    save_atomically(model, directory / "model.zip")
+    if model.lagrl_vec_normalize is not None:
+        model.lagrl_vec_normalize.save(str(directory / "vec_normalize.pkl"))
+    progress = {"reached": watch.reached, "seconds": seconds, "attempt": attempt}
+    (directory / "progress.json").write_text(json.dumps(progress))
+
+
+def restore_checkpoint(model: BaseAlgorithm, directory: Path, device: str) -> tuple[BaseAlgorithm, dict[str, Any]]:
+    """The model of a checkpoint on ``model``'s env (its statistics restored), and the checkpoint's progress."""
+    env = model.get_env()
+    if isinstance(env, VecNormalize):
+        env = VecNormalize.load(str(directory / "vec_normalize.pkl"), env.venv)
+    restored = type(model).load(directory / "model.zip", env=env, device=device)
+    restored.lagrl_run = model.lagrl_run
+    restored.lagrl_vec_normalize = env if isinstance(env, VecNormalize) else None
+    return restored, json.loads((directory / "progress.json").read_text())
+
+
+def train_trial(settings: dict[str, Any]) -> None:
+    """Tune's function trainable: one trial, resumed from Tune's checkpoint where there is one."""
+    from ray import tune
+
+    torch.set_num_threads(1)
+    spec = TrialSpec(**settings["trial"])
+    hyperparams = {**spec.hyperparams, **settings.get("search", {})}
+    plan = plan_run(
+        spec.algo, spec.env, hyperparams, preconditioner=spec.preconditioner, timesteps=spec.timesteps, seed=spec.seed
+    )
+    logdir = Path(settings["out"]) / "trials" / trial_name(spec, tune.get_context().get_trial_id())
+    model = build_model(plan, settings["device"], logdir)
+    watch, progress = ThresholdWatch(settings["threshold"].get(spec.env, float("inf"))), {}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            model, progress = restore_checkpoint(model, Path(directory), settings["device"])
+        watch.reached = progress["reached"]
+    attempt = progress.get("attempt", 0) + 1
+    reporter = TuneReporter(plan.timesteps // REPORTS, watch, progress.get("seconds", 0.0), attempt)
+    remaining = plan.timesteps - model.num_timesteps
+    try:
+        if remaining > 0:
+            fresh = checkpoint is None
+            model.learn(remaining, callback=[watch, reporter], reset_num_timesteps=fresh, tb_log_name="run")
+    finally:
+        if hasattr(model, "_logger"):
+            model.logger.close()
+    result = evaluate(
+        model, evaluation_env(model, EVALUATION_SEED + spec.seed), settings["eval_episodes"], deterministic=True
+    )
+    save_atomically(model, logdir / "model.zip")
+    reporter.report(
+        checkpoint=False, eval_mean=result.mean_return, eval_std=result.std_return, logdir=str(logdir), done=True
+    )
+
+
+def _trial_dirname(trial: Any) -> str:
+    """Tune's folder of a trial: its id (Tune's default spells out the whole config)."""
+    return str(trial.trial_id)
+
+
+def param_space(config: SweepConfig, out: Path) -> dict[str, Any]:
+    """Tune's ``param_space`` of the grid: one ``grid_search`` over the trials, the shared settings beside it."""
+    tune = require_ray()
+    return {
+        "trial": tune.grid_search([asdict(spec) for spec in config.trials()]),
+        "out": str(out.resolve()),
+        "device": config.device,
+        "threshold": config.threshold,
+        "eval_episodes": config.eval_episodes,
+    }
+
+
+class SweepResult(NamedTuple):
+    """The finished trials' ``trials.csv`` rows, each trial's reported ``(timesteps, train_mean)`` curve by
+    trial id, and whether some trials did not finish (an interrupt, or a trial that failed every retry)."""
+
+    rows: list[dict[str, Any]]
+    curves: dict[str, list[tuple[int, float]]]
+    incomplete: bool
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: Path,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+) -> SweepResult:
+    """Run (or, with ``resume``, continue) the sweep in ``out``.
+
+    Starts a local Ray (all cores) unless ``address`` is given, and shuts down what it started. ``out/sweep.json``
+    records the grid; ``resume`` refuses a config whose grid differs from it.
+    """
+    tune = require_ray()
+    import ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    experiment, record = out.resolve() / EXPERIMENT, out / "sweep.json"
+    grid = {"trials": [asdict(spec) for spec in config.trials()], **param_space(config, out)}
+    grid.pop("trial")
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)) or not record.is_file():
+            raise ConfigError(f"--resume: no sweep to resume in {out}; run without --resume first")
+        if json.loads(record.read_text()) != json.loads(json.dumps(grid)):
+            raise ConfigError(f"--resume: the config's grid differs from the one the sweep in {out} started with")
+    elif experiment.exists():
+        raise ConfigError(f"{out} already holds a sweep; continue it with --resume or choose another --out")
+    else:
+        record.write_text(json.dumps(grid, indent=1))
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        trainable = tune.with_resources(train_trial, {"cpu": 1})
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(config, out),
+                tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    storage_path=str(out.resolve()),
+                    name=EXPERIMENT,
+                    verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                ),
+            )
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    finished = [result for result in results if result.metrics.get("done")]
+    curves = {
+        result.metrics["trial_id"]: [
+            (int(step), float(mean)) for step, mean in zip(frame["timesteps"], frame["train_mean"])
+        ]
+        for result in finished
+        if (frame := result.metrics_dataframe) is not None
+    }
+    return SweepResult([trial_row(result) for result in finished], curves, len(finished) < len(results))
+
+
+def trial_row(result: Any) -> dict[str, Any]:
+    """One ``trials.csv`` row of a finished Tune result (``steps_to_threshold`` empty where not reached)."""
+    spec = TrialSpec(**result.config["trial"])
+    metrics = result.metrics
+    row = {
+        "trial_id": metrics["trial_id"],
+        "algo": spec.algo,
+        "env": spec.env,
+        "preconditioner": spec.preset,
+        "seed": spec.seed,
+        "hyperparams": json.dumps({**spec.hyperparams, **result.config.get("search", {})}, sort_keys=True),
+    }
+    row |= {key: metrics[key] for key in CSV_COLUMNS if key not in row}
+    if row["steps_to_threshold"] < 0:
+        row["steps_to_threshold"] = None
+    return row
+
+
+def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
+    """``rows`` as CSV (:data:`CSV_COLUMNS`), written beside ``path`` and renamed over it."""
+    temporary = path.with_suffix(".csv.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda row: (row["env"], row["algo"], row["preconditioner"], row["seed"])))
+    os.replace(temporary, path)

@@ -1,0 +1,296 @@
+"""``lagrl sweep``'s YAML: the grid of training runs, checked in full before any trial starts.
+
+A sweep file names, for each key, one value or a list (a list is a grid axis; every combination is a trial)::
+
+    algo: ppo                                # ppo | a2c | q | planner, or a list
+    env: [CartPole-v1]
+    preconditioner: [adam, fisher-sqrt]      # presets or PreconditionerConfig dicts (ppo and a2c only)
+    seeds: [0, 1]
+    timesteps: 20000
+    hyperparams: {n_steps: 32}               # overrides of the package YAML (lagrl.agents.training)
+    threshold: {CartPole-v1: 475}            # 100-episode training mean that counts as solved
+    eval_episodes: 10                        # deterministic evaluation after training
+    device: cpu
+
+``algo``, ``env``, ``preconditioner`` and ``seeds`` may be lists; ``timesteps``, ``hyperparams``, ``threshold``,
+``eval_episodes`` and ``device`` are one value each. The tabular agents (``q``, ``planner``) take no
+preconditioner: with them the ``preconditioner`` axis does not apply and their trials have
+``preconditioner: null``. ``hyperparams`` apply to every algorithm of the grid (a key an agent does not take is
+refused, naming it). An optional ``search`` block turns the grid's hyperparameters into a search (see
+:class:`SearchSpec`). :func:`load_sweep` refuses an unknown key, an unknown env or algorithm, an empty axis and
+a bad threshold with a :class:`~lagrl.agents.training.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import yaml
+
+from lagrl.agents.preconditioners import resolve
+from lagrl.agents.training import ALGOS, TABULAR, ConfigError, plan_run
+
+AXES = ("algo", "env", "preconditioner", "seeds")
+SCALARS = ("timesteps", "hyperparams", "threshold", "eval_episodes", "device", "search")
+DEFAULTS: dict[str, Any] = {
+    "preconditioner": [None],
+    "seeds": [0],
+    "timesteps": None,
+    "hyperparams": {},
+    "threshold": {},
+    "eval_episodes": 10,
+    "device": "cpu",
+    "search": None,
+}
+SEARCH_ALGORITHMS = ("optuna",)
+SCHEDULERS = ("asha", "median", "fifo")
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One training run of the grid: what :func:`lagrl.agents.training.plan_run` is called with."""
+
+    algo: str
+    env: str
+    preconditioner: str | dict[str, Any] | None
+    seed: int
+    timesteps: int | None
+    hyperparams: dict[str, Any]
+
+    @property
+    def preset(self) -> str:
+        """The preconditioner as a short label (a dict by its keys and values; ``-`` for the tabular agents)."""
+        if self.preconditioner is None:
+            return "-"
+        if isinstance(self.preconditioner, str):
+            return self.preconditioner
+        return ",".join(f"{key}={value}" for key, value in sorted(self.preconditioner.items()))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """``search: {algorithm: optuna, trials: N, space: {...}, metric: ..., mode: ..., scheduler: ...}``.
+
+    ``space`` maps a hyperparameter to ``{loguniform: [low, high]}``, ``{uniform: [low, high]}``,
+    ``{randint: [low, high]}`` (high exclusive, Tune's convention) or ``{choice: [a, b, ...]}``; each of the
+    grid's (algo, env, preconditioner, seed) points is searched with ``trials`` samples. ``metric`` is
+    ``eval_mean`` (default, maximised) or ``train_mean``; ``scheduler`` ``asha`` (default), ``median`` or
+    ``fifo`` stops poor trials early on the training mean reported along the run.
+    """
+
+    algorithm: str
+    trials: int
+    space: dict[str, dict[str, list[Any]]]
+    metric: str = "eval_mean"
+    mode: str = "max"
+    scheduler: str = "asha"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A checked sweep file: the grid's axes and the settings every trial shares."""
+
+    algo: tuple[str, ...]
+    env: tuple[str, ...]
+    preconditioner: tuple[str | dict[str, Any] | None, ...]
+    seeds: tuple[int, ...]
+    timesteps: int | None
+    hyperparams: dict[str, Any]
+    threshold: dict[str, float]
+    eval_episodes: int
+    device: str
+    search: SearchSpec | None
+
+    def trials(self) -> list[TrialSpec]:
+        """Every combination of the axes, in file order (the tabular agents once per seed and env)."""
+        specs: dict[tuple[Any, ...], TrialSpec] = {}
+        for algo, env, preconditioner, seed in itertools.product(self.algo, self.env, self.preconditioner, self.seeds):
+            applied = None if algo in TABULAR else preconditioner
+            spec = TrialSpec(algo, env, applied, seed, self.timesteps, dict(self.hyperparams))
+            specs.setdefault((algo, env, spec.preset, seed), spec)
+        return list(specs.values())
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and check a sweep file (see the module docstring)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read the sweep file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_sweep(raw, source=str(path))
+
+
+def parse_sweep(raw: Any, source: str = "the sweep config") -> SweepConfig:
+    """Check a sweep config's mapping and every trial it makes (agents' keywords included) before any runs."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source} must be a mapping of keys {list(AXES + SCALARS)}, got {type(raw).__name__}")
+    unknown = sorted(set(map(str, raw)) - set(AXES + SCALARS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {list(AXES + SCALARS)}")
+    for key in ("algo", "env"):
+        if key not in raw:
+            example = "ppo" if key == "algo" else "CartPole-v1"
+            raise ConfigError(f"{source}: the key {key!r} is missing (e.g. {key}: {example})")
+    settings = {**DEFAULTS, **raw}
+    axes = {key: _axis(settings[key], key, source) for key in AXES}
+    for algo in axes["algo"]:
+        if algo not in ALGOS:
+            raise ConfigError(f"{source}: algo {algo!r} is unknown; choose from {list(ALGOS)}")
+    for env in axes["env"]:
+        _check_env(env, source)
+    seeds = tuple(_seed(seed, source) for seed in axes["seeds"])
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{source}: seeds {list(seeds)} repeat a seed; each seed once")
+    preconditioners = tuple(_preconditioner(item, source) for item in axes["preconditioner"])
+    config = SweepConfig(
+        algo=tuple(axes["algo"]),
+        env=tuple(axes["env"]),
+        preconditioner=preconditioners,
+        seeds=seeds,
+        timesteps=None if settings["timesteps"] is None else _positive_int(settings["timesteps"], "timesteps", source),
+        hyperparams=_mapping(settings["hyperparams"], "hyperparams", source),
+        threshold=_thresholds(settings["threshold"], axes["env"], source),
+        eval_episodes=_positive_int(settings["eval_episodes"], "eval_episodes", source),
+        device=str(settings["device"]),
+        search=None if settings["search"] is None else _search(settings["search"], source),
+    )
+    for spec in config.trials():
+        check_trial(spec, source, config.search)
+    return config
+
+
+def check_trial(spec: TrialSpec, source: str, search: SearchSpec | None = None) -> None:
+    """``plan_run`` of one trial (with a sample of every searched hyperparameter): a bad key fails here."""
+    sample = {key: _sample_value(distribution) for key, distribution in (search.space if search else {}).items()}
+    try:
+        plan_run(
+            spec.algo,
+            spec.env,
+            {**spec.hyperparams, **sample},
+            preconditioner=spec.preconditioner,
+            timesteps=spec.timesteps,
+            seed=spec.seed,
+        )
+    except ConfigError as error:
+        raise ConfigError(f"{source}: trial {spec.algo} on {spec.env} ({spec.preset}): {error}") from None
+
+
+def _axis(value: Any, key: str, source: str) -> list[Any]:
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise ConfigError(f"{source}: {key} is an empty list, so the grid has no trials; give at least one value")
+    return items
+
+
+def _check_env(env: Any, source: str) -> None:
+    if not isinstance(env, str):
+        raise ConfigError(f"{source}: env {env!r} must be a Gymnasium id such as CartPole-v1")
+    try:
+        gymnasium.spec(env)
+    except gymnasium.error.Error as error:
+        raise ConfigError(
+            f"{source}: env {env!r} is not registered ({error}); list the ids with "
+            "python -c 'import gymnasium; gymnasium.pprint_registry()'"
+        ) from None
+
+
+def _seed(value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{source}: seeds must be non-negative integers, got {value!r}")
+    return value
+
+
+def _preconditioner(value: Any, source: str) -> str | dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        resolve(dict(value) if isinstance(value, Mapping) else value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source}: preconditioner {value!r}: {error}") from None
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _positive_int(value: Any, key: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
+        raise ConfigError(f"{source}: {key} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def _mapping(value: Any, key: str, source: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {key} must be a mapping (e.g. {{n_steps: 32}}), got {value!r}")
+    return dict(value)
+
+
+def _thresholds(value: Any, envs: list[str], source: str) -> dict[str, float]:
+    thresholds = _mapping(value, "threshold", source)
+    for env, level in thresholds.items():
+        if env not in envs:
+            raise ConfigError(f"{source}: threshold names env {env!r}, which is not in env {envs}")
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
+            raise ConfigError(f"{source}: threshold of {env} must be a finite number (a training mean), got {level!r}")
+    return {env: float(level) for env, level in thresholds.items()}
+
+
+def _search(value: Any, source: str) -> SearchSpec:
+    block = _mapping(value, "search", source)
+    known = ("algorithm", "trials", "space", "metric", "mode", "scheduler")
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} in search; valid keys: {list(known)}")
+    algorithm = block.get("algorithm", "optuna")
+    if algorithm not in SEARCH_ALGORITHMS:
+        raise ConfigError(f"{source}: search.algorithm {algorithm!r} is unknown; choose from {list(SEARCH_ALGORITHMS)}")
+    if block.get("scheduler", "asha") not in SCHEDULERS:
+        raise ConfigError(f"{source}: search.scheduler {block['scheduler']!r} is unknown; choose from {SCHEDULERS}")
+    if block.get("metric", "eval_mean") not in ("eval_mean", "train_mean"):
+        raise ConfigError(f"{source}: search.metric must be eval_mean or train_mean, got {block['metric']!r}")
+    if block.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"{source}: search.mode must be max or min, got {block['mode']!r}")
+    space = _mapping(block.get("space"), "search.space", source)
+    if not space:
+        raise ConfigError(f"{source}: search.space is empty; give at least one hyperparameter to search")
+    for key, distribution in space.items():
+        _check_distribution(key, distribution, source)
+    return SearchSpec(
+        algorithm=algorithm,
+        trials=_positive_int(block.get("trials"), "search.trials", source),
+        space={key: dict(distribution) for key, distribution in space.items()},
+        metric=block.get("metric", "eval_mean"),
+        mode=block.get("mode", "max"),
+        scheduler=block.get("scheduler", "asha"),
+    )
+
+
+def _check_distribution(key: str, distribution: Any, source: str) -> None:
+    where = f"{source}: search.space.{key}"
+    if not isinstance(distribution, Mapping) or len(distribution) != 1 or next(iter(distribution)) not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"{where} must be a mapping with one key of {list(DISTRIBUTIONS)} (e.g. {{loguniform: [1e-5, 1e-2]}}), "
+            f"got {distribution!r}"
+        )
+    ((kind, values),) = distribution.items()
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}.{kind} needs a non-empty list, got {values!r}")
+    if kind == "choice":
+        return
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{where}.{kind} needs [low, high] numbers, got {values!r}")
+    low, high = values
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise ConfigError(f"{where}.{kind}: need 0 < low < high for loguniform and low < high otherwise, got {values}")
+
+
+def _sample_value(distribution: Mapping[str, list[Any]]) -> Any:
+    """A value inside ``distribution`` (its low end, or its first choice) to check a hyperparameter's key."""
+    return next(iter(distribution.values()))[0]

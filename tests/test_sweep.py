@@ -1,0 +1,262 @@
+"""``lagrl sweep``: the sweep file's checks, the statistics against hand-computed values, and real Ray runs
+(a local sweep reproduced in-process, an interrupt and --resume, a killed worker retried, a two-node cluster)."""
+
+import csv
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+import yaml
+
+from lagrl.agents.sweep_config import parse_sweep
+from lagrl.agents.threshold import ThresholdWatch
+from lagrl.agents.training import ConfigError, build_model, evaluate, evaluation_env, plan_run
+from lagrl.cli import main
+
+BASE = {"algo": "ppo", "env": "CartPole-v1", "preconditioner": "adam", "seeds": [0], "timesteps": 1024}
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"learning_rat": 1e-3}, "learning_rat"),
+        ({"env": "CartPole-v9"}, "CartPole-v9"),
+        ({"env": []}, "env is an empty list"),
+        ({"seeds": []}, "seeds is an empty list"),
+        ({"algo": "dqn"}, "dqn"),
+        ({"threshold": {"Acrobot-v1": -100}}, "threshold names env 'Acrobot-v1'"),
+        ({"threshold": {"CartPole-v1": "high"}}, "threshold of CartPole-v1"),
+        ({"threshold": {"CartPole-v1": float("nan")}}, "threshold of CartPole-v1"),
+        ({"timesteps": 0}, "timesteps"),
+        ({"seeds": [1, 1]}, "repeat a seed"),
+        ({"preconditioner": "fisher-cube"}, "fisher-cube"),
+        ({"hyperparams": {"n_stepz": 32}}, "n_stepz"),
+        ({"search": {"algorithm": "optuna", "trials": 2, "space": {}}}, "search.space is empty"),
+        ({"search": {"trials": 2, "space": {"learning_rate": {"loguniform": [0, 1]}}}}, "search.space.learning_rate"),
+        ({"search": {"trials": 2, "space": {"n_stepz": {"choice": [8, 16]}}}}, "n_stepz"),
+    ],
+)
+def test_bad_sweep_files_are_refused_naming_the_key(change, named):
+    with pytest.raises(ConfigError) as caught:
+        parse_sweep({**BASE, **change})
+    assert named in str(caught.value)
+
+
+def test_the_grid_is_the_product_of_the_axes_and_tabular_agents_take_no_preconditioner():
+    config = parse_sweep(
+        {**BASE, "algo": ["ppo", "q"], "env": ["FrozenLake-v1"], "preconditioner": ["adam", "natural"], "seeds": [0, 1]}
+    )
+    trials = config.trials()
+    ppo = {(t.preconditioner, t.seed) for t in trials if t.algo == "ppo"}
+    assert ppo == {("adam", 0), ("adam", 1), ("natural", 0), ("natural", 1)}
+    assert [(t.preconditioner, t.seed) for t in trials if t.algo == "q"] == [(None, 0), (None, 1)]
+
+
+def test_the_cli_refuses_a_bad_file_before_starting_ray(tmp_path, capsys):
+    config = tmp_path / "bad.yml"
+    config.write_text(yaml.safe_dump({**BASE, "learning_rat": 1e-3}))
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "learning_rat" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+class _Buffer(list):
+    maxlen = 100
+
+
+def test_threshold_watch_finds_the_first_full_100_episode_window_at_the_threshold():
+    returns = numpy.concatenate([numpy.full(150, 10.0), numpy.linspace(10, 600, 300)])
+    # independent reference: the first episode index at which the last 100 returns average ≥ 475
+    means = numpy.convolve(returns, numpy.ones(100) / 100, mode="valid")
+    first = int(numpy.argmax(means >= 475)) + 99
+    watch = ThresholdWatch(475.0)
+    model = type("Model", (), {"ep_info_buffer": _Buffer(), "num_timesteps": 0})()
+    watch.init_callback(model)
+    for episode, value in enumerate(returns):  # one episode per step
+        model.num_timesteps = episode + 1
+        watch.locals = {"dones": numpy.array([True])}
+        watch.on_step()
+        model.ep_info_buffer.append({"r": value})
+        del model.ep_info_buffer[:-100]
+    watch.on_rollout_end()
+    assert watch.reached == first + 1
+
+
+def test_iqm_and_probability_of_improvement_match_hand_computed_values():
+    from lagrl.agents.sweep_summary import improvement_interval, iqm_interval
+
+    scores = numpy.array([1.0, 2.0, 3.0, 4.0, 100.0, -50.0, 5.0, 6.0])  # middle half: 2, 3, 4, 5
+    iqm, low, high = iqm_interval(scores, reps=500, seed=0)
+    assert iqm == pytest.approx(3.5)
+    assert low <= iqm <= high
+    x, y = numpy.array([1.0, 2.0, 3.0]), numpy.array([2.0, 0.0])
+    # pairs (x > y): 1>0, 2>0, 3>2, 3>0 → 4; ties: 2=2 → ½; P = 4.5 / 6
+    probability, low, high = improvement_interval(x, y, reps=500, seed=0)
+    assert probability == pytest.approx(4.5 / 6)
+    assert 0.0 <= low <= probability <= high <= 1.0
+
+
+# Real Ray -------------------------------------------------------------------------------------------------------
+
+ray = pytest.importorskip("ray", reason="the sweep extra is not installed")
+RAY = str(Path(sys.executable).with_name("ray"))  # the ray command of this environment
+SWEEP = {**BASE, "seeds": [0, 1], "timesteps": 2048, "eval_episodes": 3, "threshold": {"CartPole-v1": 475}}
+
+
+def _sweep_command(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lagrl.cli", "sweep", str(config), "--out", str(out), *extra]
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "trials.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write(tmp_path: Path, settings: dict) -> Path:
+    config = tmp_path / "sweep.yml"
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
+def test_a_local_sweep_reproduces_the_same_runs_done_in_process(tmp_path):
+    config = _write(tmp_path, SWEEP)
+    completed = subprocess.run(_sweep_command(config, tmp_path / "out"), capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = _rows(tmp_path / "out")
+    assert sorted(int(row["seed"]) for row in rows) == [0, 1]
+    for row in rows:  # the same plan, trained and evaluated here, without Ray
+        plan = plan_run("ppo", "CartPole-v1", {}, preconditioner="adam", timesteps=2048, seed=int(row["seed"]))
+        model = build_model(plan, "cpu")
+        model.learn(plan.timesteps)
+        reference = evaluate(model, evaluation_env(model, 10_000 + int(row["seed"])), 3, deterministic=True)
+        assert float(row["eval_mean"]) == pytest.approx(reference.mean_return)
+        assert int(row["timesteps"]) == model.num_timesteps and row["attempts"] == "1"
+        logs = Path(row["logdir"])
+        assert (logs / "model.zip").is_file() and list(logs.glob("run_1/events.out.tfevents.*"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (group,) = summary["groups"]
+    assert group["seeds"] == 2 and group["eval_iqm"] == pytest.approx(numpy.mean([float(r["eval_mean"]) for r in rows]))
+    assert (tmp_path / "out" / "sweep_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| CartPole-v1 | ppo | adam | 2 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "tune").glob("*/checkpoint_*"))
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    config = _write(tmp_path, {**SWEEP, "seeds": [0, 1], "timesteps": 4096})
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        _sweep_command(config, out, "--max-concurrent", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_for(lambda: _finished_trials(out) >= 1, 300, "a finished trial")
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-3000:]
+    before = {row["trial_id"]: row for row in _rows(out)}
+    assert len(before) == 1
+    resumed = subprocess.run(_sweep_command(config, out, "--resume"), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = {row["trial_id"]: row for row in _rows(out)}
+    assert sorted(int(row["seed"]) for row in after.values()) == [0, 1]
+    for trial_id, row in before.items():  # finished before the interrupt: not run again
+        assert after[trial_id]["wall_seconds"] == row["wall_seconds"]
+
+
+def _finished_trials(out: Path) -> int:
+    count = 0
+    for result in (out / "tune").glob("*/result.json"):
+        count += any(json.loads(line).get("done") for line in result.read_text().splitlines() if line.strip())
+    return count
+
+
+def test_a_killed_worker_is_retried_from_its_last_checkpoint(tmp_path):
+    config = _write(tmp_path, {**SWEEP, "seeds": [0], "timesteps": 10240})
+    out = tmp_path / "out"
+    process = subprocess.Popen(_sweep_command(config, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: len(_checkpoints(out)) >= 1, 300, "a checkpoint")
+        (result,) = (out / "tune").glob("*/result.json")
+        worker = json.loads(result.read_text().splitlines()[-1])["pid"]
+        os.kill(worker, signal.SIGKILL)  # the trial's own worker process, by its id
+        output = process.communicate(timeout=400)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-3000:]
+    (row,) = _rows(out)
+    assert row["attempts"] == "2" and int(row["timesteps"]) >= 10240
+    steps = [json.loads(line)["timesteps"] for line in result.read_text().splitlines() if line.strip()]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] > 0  # the retry went on from the checkpoint's steps, not from zero
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_node(arguments: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``ray start ... --block`` as this test's own child; returns once the node says it is up."""
+    handle = open(log, "w")
+    node = subprocess.Popen([RAY, "start", *arguments], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    handle.close()
+    _wait_for(lambda: "Ray runtime started" in log.read_text() or node.poll() is not None, 180, f"ray start ({log})")
+    assert node.poll() is None, log.read_text()[-3000:]
+    return node
+
+
+def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    common = ["--num-cpus=1", "--num-gpus=0", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the cluster's token
+    nodes = []
+    try:
+        head = ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", *common]
+        nodes.append(_start_node(head, tmp_path / "head.log", env))
+        nodes.append(_start_node([f"--address=127.0.0.1:{port}", *common], tmp_path / "worker.log", env))
+        config = _write(tmp_path, {**SWEEP, "seeds": [0, 1, 2, 3], "timesteps": 1024})
+        completed = subprocess.run(
+            _sweep_command(config, tmp_path / "out", "--address", f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    finally:
+        for node in reversed(nodes):  # ray start --block stops its own processes on SIGTERM
+            node.terminate()
+        for node in reversed(nodes):
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == 4 and len({row["node"] for row in rows}) == 2
