@@ -67,15 +67,16 @@ def trial_name(spec: TrialSpec, trial_id: str) -> str:
 
 
 class TuneReporter(BaseCallback):
-    """Reports the run's progress to Tune every ``every`` steps, each report with a checkpoint.
+    """Reports the run's progress to Tune every ``budget / REPORTS`` steps, each report with a checkpoint.
 
     A checkpoint holds ``model.zip`` (:func:`save_atomically`), ``vec_normalize.pkl`` where the env is
     normalised, and ``progress.json`` (the threshold watch's state, the seconds trained, the attempt).
     """
 
-    def __init__(self, every: int, watch: ThresholdWatch, elapsed: float, attempt: int) -> None:
+    def __init__(self, budget: int, watch: ThresholdWatch, elapsed: float, attempt: int) -> None:
         super().__init__()
-        self.every = max(1, every)
+        self.budget = budget
+        self.every = max(1, budget // REPORTS)
         self.watch = watch
         self.elapsed = elapsed  # seconds trained by earlier attempts
         self.attempt = attempt
@@ -91,7 +92,9 @@ class TuneReporter(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        if self.num_timesteps - self.reported_at >= self.every:
+        """A report every ``every`` steps; none at the budget, where the final report (with the evaluation) follows
+        (so that a scheduler's last rung judges the finished trial, not its last rollout)."""
+        if self.num_timesteps - self.reported_at >= self.every and self.num_timesteps < self.budget:
             self.report(checkpoint=True)
 
     def seconds(self) -> float:
@@ -182,7 +185,7 @@ def train_trial(settings: dict[str, Any]) -> None:
             model, progress = restore_checkpoint(model, Path(directory), settings["device"])
         watch.reached = progress["reached"]
     attempt = progress.get("attempt", 0) + 1
-    reporter = TuneReporter(plan.timesteps // REPORTS, watch, progress.get("seconds", 0.0), attempt)
+    reporter = TuneReporter(plan.timesteps, watch, progress.get("seconds", 0.0), attempt)
     remaining = plan.timesteps - model.num_timesteps
     try:
         if remaining > 0:
@@ -195,9 +198,7 @@ def train_trial(settings: dict[str, Any]) -> None:
         model, evaluation_env(model, EVALUATION_SEED + spec.seed), settings["eval_episodes"], deterministic=True
     )
     save_atomically(model, logdir / "model.zip")
-    reporter.report(
-        checkpoint=False, eval_mean=result.mean_return, eval_std=result.std_return, logdir=str(logdir), done=True
-    )
+    reporter.report(checkpoint=False, eval_mean=result.mean_return, eval_std=result.std_return, logdir=str(logdir))
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -205,11 +206,9 @@ def _trial_dirname(trial: Any) -> str:
     return str(trial.trial_id)
 
 
-def param_space(config: SweepConfig, out: Path) -> dict[str, Any]:
-    """Tune's ``param_space`` of the grid: one ``grid_search`` over the trials, the shared settings beside it."""
-    tune = require_ray()
+def _shared(config: SweepConfig, out: Path) -> dict[str, Any]:
+    """The settings every trial of the sweep gets beside its own."""
     return {
-        "trial": tune.grid_search([asdict(spec) for spec in config.trials()]),
         "out": str(out.resolve()),
         "device": config.device,
         "threshold": config.threshold,
@@ -217,12 +216,60 @@ def param_space(config: SweepConfig, out: Path) -> dict[str, Any]:
     }
 
 
+def _distribution(tune: Any, distribution: dict[str, list[Any]]) -> Any:
+    """A search-space entry of the sweep file as Tune's sampler (``randint``'s high is exclusive)."""
+    ((kind, values),) = distribution.items()
+    return tune.choice(values) if kind == "choice" else getattr(tune, kind)(*values)
+
+
+class Experiment(NamedTuple):
+    """One Tune experiment of a sweep: the whole grid, or (a search) one grid point's samples."""
+
+    name: str
+    param_space: dict[str, Any]
+    tune_config: dict[str, Any]
+
+
+def experiments(config: SweepConfig, out: Path) -> list[Experiment]:
+    """The grid as one experiment (a ``grid_search`` over the trials); a search as one experiment per grid point,
+    Optuna sampling ``search.trials`` settings of its space, a scheduler stopping poor ones on ``train_mean``."""
+    tune = require_ray()
+    shared = _shared(config, out)
+    if config.search is None:
+        trials = tune.grid_search([asdict(spec) for spec in config.trials()])
+        return [Experiment(EXPERIMENT, {"trial": trials, **shared}, {})]
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.search.optuna import OptunaSearch
+
+    search, found = config.search, []
+    space = {key: _distribution(tune, distribution) for key, distribution in search.space.items()}
+    for index, spec in enumerate(config.trials()):
+        budget = plan_run(spec.algo, spec.env, spec.hyperparams, preconditioner=spec.preconditioner,
+                          timesteps=spec.timesteps, seed=spec.seed).timesteps  # fmt: skip
+        schedulers = {
+            "asha": lambda: ASHAScheduler(time_attr="timesteps", max_t=budget, grace_period=max(1, budget // 4)),
+            "median": lambda: MedianStoppingRule(time_attr="timesteps", grace_period=budget // 4),
+            "fifo": FIFOScheduler,
+        }
+        settings = {
+            "metric": search.metric,
+            "mode": search.mode,
+            "num_samples": search.trials,
+            "search_alg": OptunaSearch(seed=spec.seed),
+            "scheduler": schedulers[search.scheduler](),
+        }
+        found.append(Experiment(f"{EXPERIMENT}-{index}", {"trial": asdict(spec), "search": space, **shared}, settings))
+    return found
+
+
 class SweepResult(NamedTuple):
     """The finished trials' ``trials.csv`` rows, each trial's reported ``(timesteps, train_mean)`` curve by
-    trial id, and whether some trials did not finish (an interrupt, or a trial that failed every retry)."""
+    trial id, how many trials a scheduler stopped early, and whether some trials did not end (an interrupt,
+    or a trial that failed every retry)."""
 
     rows: list[dict[str, Any]]
     curves: dict[str, list[tuple[int, float]]]
+    stopped_early: int
     incomplete: bool
 
 
@@ -243,43 +290,55 @@ def run_sweep(
     import ray
 
     out.mkdir(parents=True, exist_ok=True)
-    experiment, record = out.resolve() / EXPERIMENT, out / "sweep.json"
-    grid = {"trials": [asdict(spec) for spec in config.trials()], **param_space(config, out)}
-    grid.pop("trial")
+    record = out / "sweep.json"
+    grid = {"trials": [asdict(spec) for spec in config.trials()], "search": config.search, **_shared(config, out)}
+    grid = json.loads(json.dumps(grid, default=asdict))
     if resume:
-        if not tune.Tuner.can_restore(str(experiment)) or not record.is_file():
+        if not record.is_file():
             raise ConfigError(f"--resume: no sweep to resume in {out}; run without --resume first")
-        if json.loads(record.read_text()) != json.loads(json.dumps(grid)):
+        if json.loads(record.read_text()) != grid:
             raise ConfigError(f"--resume: the config's grid differs from the one the sweep in {out} started with")
-    elif experiment.exists():
+    elif record.exists():
         raise ConfigError(f"{out} already holds a sweep; continue it with --resume or choose another --out")
     else:
         record.write_text(json.dumps(grid, indent=1))
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    results: list[Any] = []
+    terminated = 0  # trials that ended: finished, or stopped early by a scheduler
     try:
         trainable = tune.with_resources(train_trial, {"cpu": 1})
-        if resume:
-            tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(config, out),
-                tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(
-                    storage_path=str(out.resolve()),
-                    name=EXPERIMENT,
-                    verbose=1,
-                    failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                ),
-            )
-        results = tuner.fit()
+        for experiment in experiments(config, out):
+            path = str(out.resolve() / experiment.name)
+            if resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=experiment.param_space,
+                    tune_config=tune.TuneConfig(
+                        max_concurrent_trials=max_concurrent,
+                        trial_dirname_creator=_trial_dirname,
+                        **experiment.tune_config,
+                    ),  # fmt: skip
+                    run_config=tune.RunConfig(
+                        storage_path=str(out.resolve()),
+                        name=experiment.name,
+                        verbose=1,
+                        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    ),
+                )
+            grid_results = tuner.fit()
+            results += list(grid_results)
+            terminated += grid_results.num_terminated
+            if grid_results.num_terminated + grid_results.num_errors < len(grid_results):
+                break  # interrupted: the experiments after it start on --resume
     finally:
         if started:
             ray.shutdown()
-    finished = [result for result in results if result.metrics.get("done")]
+    finished = [result for result in results if "eval_mean" in result.metrics]  # trained to the end, evaluated
     curves = {
         result.metrics["trial_id"]: [
             (int(step), float(mean)) for step, mean in zip(frame["timesteps"], frame["train_mean"])
@@ -287,7 +346,14 @@ def run_sweep(
         for result in finished
         if (frame := result.metrics_dataframe) is not None
     }
-    return SweepResult([trial_row(result) for result in finished], curves, len(finished) < len(results))
+    incomplete = terminated < _expected(config)
+    return SweepResult([trial_row(result) for result in finished], curves, terminated - len(finished), incomplete)
+
+
+def _expected(config: SweepConfig) -> int:
+    """How many trials the sweep makes: the grid's, or each grid point's search samples."""
+    points = len(config.trials())
+    return points if config.search is None else points * config.search.trials
 
 
 def trial_row(result: Any) -> dict[str, Any]:

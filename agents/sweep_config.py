@@ -80,15 +80,17 @@ class SearchSpec:
 
     ``space`` maps a hyperparameter to ``{loguniform: [low, high]}``, ``{uniform: [low, high]}``,
     ``{randint: [low, high]}`` (high exclusive, Tune's convention) or ``{choice: [a, b, ...]}``; each of the
-    grid's (algo, env, preconditioner, seed) points is searched with ``trials`` samples. ``metric`` is
-    ``eval_mean`` (default, maximised) or ``train_mean``; ``scheduler`` ``asha`` (default), ``median`` or
-    ``fifo`` stops poor trials early on the training mean reported along the run.
+    grid's (algo, env, preconditioner, seed) points is searched with ``trials`` samples. ``metric`` (what
+    Optuna optimises, ``mode`` max by default) is ``train_mean`` (default: the 100-episode training mean, reported
+    along the run) or ``eval_mean`` (the final evaluation; ``scheduler: fifo`` only, since a trial stopped early
+    has none); ``scheduler`` ``asha`` (default), ``median`` or ``fifo`` stops poor trials early on
+    ``train_mean`` against the steps trained.
     """
 
     algorithm: str
     trials: int
     space: dict[str, dict[str, list[Any]]]
-    metric: str = "eval_mean"
+    metric: str = "train_mean"
     mode: str = "max"
     scheduler: str = "asha"
 
@@ -253,8 +255,13 @@ def _search(value: Any, source: str) -> SearchSpec:
         raise ConfigError(f"{source}: search.algorithm {algorithm!r} is unknown; choose from {list(SEARCH_ALGORITHMS)}")
     if block.get("scheduler", "asha") not in SCHEDULERS:
         raise ConfigError(f"{source}: search.scheduler {block['scheduler']!r} is unknown; choose from {SCHEDULERS}")
-    if block.get("metric", "eval_mean") not in ("eval_mean", "train_mean"):
-        raise ConfigError(f"{source}: search.metric must be eval_mean or train_mean, got {block['metric']!r}")
+    if block.get("metric", "train_mean") not in ("eval_mean", "train_mean"):
+        raise ConfigError(f"{source}: search.metric must be train_mean or eval_mean, got {block['metric']!r}")
+    if block.get("metric") == "eval_mean" and block.get("scheduler", "asha") != "fifo":
+        raise ConfigError(
+            f"{source}: search.metric eval_mean needs search.scheduler fifo (a trial stopped early is never "
+            "evaluated); use metric train_mean with asha or median"
+        )
     if block.get("mode", "max") not in ("max", "min"):
         raise ConfigError(f"{source}: search.mode must be max or min, got {block['mode']!r}")
     space = _mapping(block.get("space"), "search.space", source)
@@ -266,7 +273,7 @@ def _search(value: Any, source: str) -> SearchSpec:
         algorithm=algorithm,
         trials=_positive_int(block.get("trials"), "search.trials", source),
         space={key: dict(distribution) for key, distribution in space.items()},
-        metric=block.get("metric", "eval_mean"),
+        metric=block.get("metric", "train_mean"),
         mode=block.get("mode", "max"),
         scheduler=block.get("scheduler", "asha"),
     )

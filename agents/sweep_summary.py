@@ -1,6 +1,6 @@
 """A sweep's statistics (rliable): interquartile means with stratified-bootstrap intervals, and plots.
 
-For every (env, algo, preconditioner) of ``trials.csv``, over its seeds:
+For every (env, algo, preconditioner) of ``trials.csv``, over its runs (its seeds; in a search, its samples too):
 
 - ``eval_iqm`` — the interquartile mean of the final deterministic evaluations,
   ``IQM(x) = mean of the middle 50 %`` (``scipy.stats.trim_mean(x, 0.25)``, rliable's ``aggregate_iqm``), with
@@ -94,7 +94,7 @@ def summarise(rows: Sequence[dict[str, Any]], reps: int = 2000, seed: int = 0) -
                 "env": env,
                 "algo": algo,
                 "preconditioner": preconditioner,
-                "seeds": len(members),
+                "runs": len(members),
                 "eval_iqm": iqm,
                 "eval_ci": [low, high],
                 "reached": sum(math.isfinite(step) for step in steps),
@@ -120,21 +120,50 @@ def summarise(rows: Sequence[dict[str, Any]], reps: int = 2000, seed: int = 0) -
                 "ci": [low, high],
             }
         )
-    return {"confidence": CONFIDENCE, "bootstrap_reps": reps, "groups": entries, "improvement": improvements}
+    return {
+        "confidence": CONFIDENCE,
+        "bootstrap_reps": reps,
+        "groups": entries,
+        "improvement": improvements,
+        "best": best_settings(rows),
+    }
+
+
+def best_settings(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (env, algo, preconditioner, seed) searched with several settings: the one with the best evaluation."""
+    points: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        points[(row["env"], row["algo"], row["preconditioner"], str(row["seed"]))].append(row)
+    best = []
+    for (env, algo, preconditioner, seed), members in sorted(points.items()):
+        if len(members) > 1:
+            winner = max(members, key=lambda row: float(row["eval_mean"]))
+            best.append(
+                {
+                    "env": env,
+                    "algo": algo,
+                    "preconditioner": preconditioner,
+                    "seed": int(seed),
+                    "samples": len(members),
+                    "hyperparams": json.loads(winner["hyperparams"]),
+                    "eval_mean": float(winner["eval_mean"]),
+                }
+            )
+    return best
 
 
 def markdown(summary: dict[str, Any]) -> str:
     """``summary.md``: the groups and the probabilities of improvement as tables."""
     lines = [
-        f"| env | algo | preconditioner | seeds | eval IQM [{CONFIDENCE:.0%} CI] | reached | median steps | fps |",
+        f"| env | algo | preconditioner | runs | eval IQM [{CONFIDENCE:.0%} CI] | reached | median steps | fps |",
         "|---|---|---|--:|--:|--:|--:|--:|",
     ]
     for entry in summary["groups"]:
         low, high = entry["eval_ci"]
         steps = entry["median_steps_to_threshold"]
         lines.append(
-            f"| {entry['env']} | {entry['algo']} | {entry['preconditioner']} | {entry['seeds']} | "
-            f"{entry['eval_iqm']:.1f} [{low:.1f}, {high:.1f}] | {entry['reached']}/{entry['seeds']} | "
+            f"| {entry['env']} | {entry['algo']} | {entry['preconditioner']} | {entry['runs']} | "
+            f"{entry['eval_iqm']:.1f} [{low:.1f}, {high:.1f}] | {entry['reached']}/{entry['runs']} | "
             f"{'—' if steps is None else f'{steps:,.0f}'} | {entry['median_fps']:,.0f} |"
         )
     if summary["improvement"]:
@@ -144,6 +173,15 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {entry['env']} | {entry['algo']} | {entry['preconditioner']} | {entry['baseline']} | "
                 f"{entry['probability']:.2f} [{low:.2f}, {high:.2f}] |"
+            )
+    if summary["best"]:
+        lines += ["", "| env | algo | preconditioner | seed | samples | best hyperparameters | eval |"]
+        lines.append("|---|---|---|--:|--:|---|--:|")
+        for entry in summary["best"]:
+            lines.append(
+                f"| {entry['env']} | {entry['algo']} | {entry['preconditioner']} | {entry['seed']} | "
+                f"{entry['samples']} | `{json.dumps(entry['hyperparams'], sort_keys=True)}` | "
+                f"{entry['eval_mean']:.1f} |"
             )
     return "\n".join(lines) + "\n"
 

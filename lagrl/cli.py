@@ -463,7 +463,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if result.rows:
         summary = sweep_summary.write_summary(result.rows, result.curves, config.threshold, args.out)
         print(sweep_summary.markdown(summary))
-    print(f"{len(result.rows)} finished trials in {args.out / 'trials.csv'}")
+    stopped = f" ({result.stopped_early} more stopped early by the scheduler)" if result.stopped_early else ""
+    print(f"{len(result.rows)} finished trials in {args.out / 'trials.csv'}{stopped}")
     if result.incomplete:
         print(f"not every trial finished; continue with: lagrl sweep {args.config} --out {args.out} --resume")
         return 130

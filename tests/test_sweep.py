@@ -145,9 +145,25 @@ def test_a_local_sweep_reproduces_the_same_runs_done_in_process(tmp_path):
         assert (logs / "model.zip").is_file() and list(logs.glob("run_1/events.out.tfevents.*"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (group,) = summary["groups"]
-    assert group["seeds"] == 2 and group["eval_iqm"] == pytest.approx(numpy.mean([float(r["eval_mean"]) for r in rows]))
+    assert group["runs"] == 2 and group["eval_iqm"] == pytest.approx(numpy.mean([float(r["eval_mean"]) for r in rows]))
     assert (tmp_path / "out" / "sweep_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "| CartPole-v1 | ppo | adam | 2 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_search_samples_inside_its_space_and_reports_the_best_setting(tmp_path):
+    space = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "n_epochs": {"choice": [2, 4]}}
+    search = {"algorithm": "optuna", "trials": 3, "space": space, "scheduler": "asha"}
+    config = _write(tmp_path, {**SWEEP, "seeds": [0], "timesteps": 1024, "search": search})
+    completed = subprocess.run(_sweep_command(config, tmp_path / "out"), capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = _rows(tmp_path / "out")
+    stopped = completed.stdout.count("stopped early")
+    assert 1 <= len(rows) <= 3 and (len(rows) == 3 or stopped == 1)
+    settings = [json.loads(row["hyperparams"]) for row in rows]
+    assert all(1e-4 <= s["learning_rate"] <= 1e-2 and s["n_epochs"] in (2, 4) for s in settings)
+    best = json.loads((tmp_path / "out" / "summary.json").read_text())["best"]
+    if len(rows) > 1:  # the best of the seed's samples, by its final evaluation
+        assert best[0]["eval_mean"] == max(float(row["eval_mean"]) for row in rows)
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:
@@ -189,7 +205,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
 def _finished_trials(out: Path) -> int:
     count = 0
     for result in (out / "tune").glob("*/result.json"):
-        count += any(json.loads(line).get("done") for line in result.read_text().splitlines() if line.strip())
+        count += any("eval_mean" in json.loads(line) for line in result.read_text().splitlines() if line.strip())
     return count
 
 
