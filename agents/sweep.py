@@ -320,6 +320,7 @@ def run_sweep(
                     tune_config=tune.TuneConfig(
                         max_concurrent_trials=max_concurrent,
                         trial_dirname_creator=_trial_dirname,
+                        reuse_actors=True,
                         **experiment.tune_config,
                     ),  # fmt: skip
                     run_config=tune.RunConfig(
