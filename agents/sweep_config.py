@@ -27,6 +27,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +121,23 @@ class SweepConfig:
         return list(specs.values())
 
 
+def packaged_sweeps() -> list[str]:
+    """The names of the sweep files shipped in the package (``agents/sweeps/<name>.yml``)."""
+    return sorted(entry.name.removesuffix(".yml") for entry in files("lagrl.agents").joinpath("sweeps").iterdir())
+
+
 def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and check a sweep file (see the module docstring)."""
+    """Read and check a sweep file (see the module docstring); a name of :func:`packaged_sweeps` (a path that does
+    not exist) reads the packaged file."""
     path = Path(path)
+    if not path.exists() and str(path) in packaged_sweeps():
+        path = Path(str(files("lagrl.agents").joinpath("sweeps", f"{path}.yml")))
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise ConfigError(f"cannot read the sweep file {path}: {error.strerror}") from None
+        raise ConfigError(
+            f"cannot read the sweep file {path}: {error.strerror} (packaged sweeps: {packaged_sweeps()})"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     return parse_sweep(raw, source=str(path))

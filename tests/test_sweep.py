@@ -70,6 +70,17 @@ def test_the_cli_refuses_a_bad_file_before_starting_ray(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["agents_ppo", "agents_a2c"])
+def test_the_packaged_benchmark_sweeps_are_the_benchmark_grid(name):
+    from lagrl.agents.sweep_config import load_sweep, packaged_sweeps
+
+    assert name in packaged_sweeps()
+    config = load_sweep(name)
+    # the benchmark's thresholds (the issue's: training mean ≥ 475, −100, 200, −200)
+    assert config.threshold == {"CartPole-v1": 475, "Acrobot-v1": -100, "LunarLander-v3": 200, "Pendulum-v1": -200}
+    assert len(config.trials()) == len(config.env) * len(config.preconditioner) * 5
+
+
 class _Buffer(list):
     maxlen = 100
 
