@@ -80,15 +80,19 @@ def _parameter_name(group: dict[str, Any], index: int) -> str:
 
 
 class MetricBlock(NamedTuple):
-    """One block of :meth:`LagrangianOptimizer.metric`: its parameters, ``M`` (``None``: identity) and ρ.
+    """One block of :meth:`LagrangianOptimizer.metric`: its parameters, ``M`` (``None``: identity), ρ and damping.
 
     A ``KroneckerFisher`` block acts on ``[W | b]`` of its ``[weight, bias]``, a ``DenseFisher`` on the
-    concatenated flat parameters, a ``DiagonalFisher`` on one parameter.
+    concatenated flat parameters, a ``DiagonalFisher`` on one parameter. The block's metric is
+    ``metric`` damped by ``damping`` as its ``power(e, damping)`` damps it (``F + λI``; per factor,
+    ``(A + √λI) ⊗ (G + √λI)``, for K-FAC): kept apart so that a power of an ill-conditioned float32
+    estimate exists whenever the damping makes it positive definite.
     """
 
     params: list[Tensor]
     metric: Fisher | None
     rho: float
+    damping: float = 0.0
 
 
 class _Direction(NamedTuple):
@@ -643,17 +647,21 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         """The metric ``M`` of the next step, block by block, covering every parameter.
 
         ``M^{-ρ}`` is exactly the preconditioner the step applies, damping and bias correction
-        included: diagonal ``M = (F̂^ρ + ε)^{1/ρ}`` (Adam: ``(√v̂ + ε)²``), full ``M = F̂ + εI``, K-FAC
-        ``M = (A + √ε I) ⊗ (G + √ε I)`` on ``[W | b]`` (params ``[weight, bias]``). ``metric=None`` (the
-        identity) where ρ = 0 or no Fisher has been estimated yet. For the kinetic energy
-        ``(1/2P) gᵀM⁻¹g`` and the Legendre momentum of the run (:mod:`lagrl.trajectory`).
+        included: diagonal ``M = (F̂^ρ + ε)^{1/ρ}`` (Adam: ``(√v̂ + ε)²``; damping 0), full ``M = F̂ + εI``
+        (``metric`` F̂, ``damping`` ε), K-FAC ``M = (A + √ε I) ⊗ (G + √ε I)`` on ``[W | b]`` (params
+        ``[weight, bias]``; ``metric`` A ⊗ G, ``damping`` ε). ``metric=None`` (the identity) where ρ = 0 or
+        no Fisher has been estimated yet. For the kinetic energy ``(1/2P) gᵀM⁻¹g`` and the Legendre
+        momentum of the run (:mod:`lagrl.trajectory`).
         """
         blocks: list[MetricBlock] = []
         for group in self.param_groups:
             rho, eps = group["rho"], group["eps"]
             if group["fisher"] == "full":
-                metric = self._dense_metric(group, self.state[group["params"][0]])
-                blocks.append(MetricBlock(list(group["params"]), metric, rho))
+                state = self.state[group["params"][0]]
+                matrix = state.get("fisher_matrix")
+                correction = self._fisher_correction(group, state)
+                metric = None if rho == 0 or matrix is None else DenseFisher(matrix / correction)
+                blocks.append(MetricBlock(list(group["params"]), metric, rho, eps))
                 continue
             for param in group["params"]:
                 if param in self._kfac_biases:
@@ -662,7 +670,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                 layer = self._kfac_layers.get(param) if group["fisher"] == "kfac" else None
                 if layer is not None:
                     params = [param] if layer.bias is None else [param, layer.bias]
-                    blocks.append(MetricBlock(params, self._kronecker_metric(group, state), rho))
+                    blocks.append(MetricBlock(params, self._kronecker_metric(group, state), rho, eps))
                     continue
                 fisher = state.get("max_exp_avg_sq" if group["amsgrad"] else self.fisher_state_key)
                 if rho == 0 or fisher is None:
@@ -682,12 +690,11 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         return DenseFisher(matrix + group["eps"] * identity)
 
     def _kronecker_metric(self, group: dict[str, Any], state: dict[str, Any]) -> KroneckerFisher | None:
-        """``M = (A + √ε I) ⊗ (G + √ε I)`` of a K-FAC layer (``None``, the identity, where ρ = 0 or no factors yet)."""
+        """The undamped factors ``A ⊗ G`` of a K-FAC layer (``None``, the identity, where ρ = 0 or no factors yet)."""
         if group["rho"] == 0 or "input_factor" not in state:
             return None
-        correction, root = self._fisher_correction(group, state), group["eps"] ** 0.5
-        factors = [state["input_factor"] / correction, state["output_factor"] / correction]
-        return KroneckerFisher(*(f + root * torch.eye(len(f), dtype=f.dtype, device=f.device) for f in factors))
+        correction = self._fisher_correction(group, state)
+        return KroneckerFisher(state["input_factor"] / correction, state["output_factor"] / correction)
 
     def _fisher_correction(self, group: dict[str, Any], state: dict[str, Any]) -> float:
         """The bias correction ``1 − β2^t`` of a gradient-sourced EMA Fisher (1 for an external one)."""

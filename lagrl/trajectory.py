@@ -61,7 +61,7 @@ def _preconditioner_diagonal(block: MetricBlock, like: Tensor) -> Tensor:
     """``diag(M^{-ρ})``: the per-coordinate scale the step applies to the gradient estimate."""
     if block.metric is None or block.rho == 0:
         return torch.ones(like.numel(), dtype=like.dtype, device=like.device)
-    powered = block.metric.power(-block.rho)
+    powered = block.metric.power(-block.rho, block.damping)
     if isinstance(powered, DiagonalFisher):
         return powered.diagonal.reshape(-1)
     if isinstance(powered, DenseFisher):
@@ -102,8 +102,9 @@ class LearningTrajectory:
                 kinetic += float(g.square().sum()) / (2 * num_params)
                 momentum = -g / num_params
             else:
-                kinetic += float(kinetic_energy(g, block.metric, num_params))
-                momentum = momentum_from_velocity(velocity_from_gradient(g, block.metric, rho=0.5), num_params)
+                kinetic += float(kinetic_energy(g, block.metric, num_params, damping=block.damping))
+                velocity = velocity_from_gradient(g, block.metric, rho=0.5, damping=block.damping)
+                momentum = momentum_from_velocity(velocity, num_params)
             momentum_sq += float(momentum.square().sum())
             diagonals.append(_preconditioner_diagonal(block, g).to(torch.float64))
         diagonal = torch.cat(diagonals)
