@@ -6,15 +6,16 @@ A sweep file names, for each key, one value or a list (a list is a grid axis; ev
     env: [CartPole-v1]
     preconditioner: [adam, fisher-sqrt]      # presets or PreconditionerConfig dicts (ppo and a2c only)
     seeds: [0, 1]
-    timesteps: 20000
+    timesteps: 20000                         # or per env: {CartPole-v1: 100000, Acrobot-v1: 200000}
     hyperparams: {n_steps: 32}               # overrides of the package YAML (lagrl.agents.training)
     threshold: {CartPole-v1: 475}            # 100-episode training mean that counts as solved
     eval_episodes: 10                        # deterministic evaluation after training
     device: cpu
 
 ``algo``, ``env``, ``preconditioner`` and ``seeds`` may be lists; ``timesteps``, ``hyperparams``, ``threshold``,
-``eval_episodes`` and ``device`` are one value each. The tabular agents (``q``, ``planner``) take no
-preconditioner: with them the ``preconditioner`` axis does not apply and their trials have
+``eval_episodes`` and ``device`` are one value each (``timesteps`` may map envs to budgets; an env it leaves
+out, or no ``timesteps`` at all, trains for the package YAML's ``n_timesteps``). The tabular agents (``q``,
+``planner``) take no preconditioner: with them the ``preconditioner`` axis does not apply and their trials have
 ``preconditioner: null``. ``hyperparams`` apply to every algorithm of the grid (a key an agent does not take is
 refused, naming it). An optional ``search`` block turns the grid's hyperparameters into a search (see
 :class:`SearchSpec`). :func:`load_sweep` refuses an unknown key, an unknown env or algorithm, an empty axis and
@@ -104,7 +105,7 @@ class SweepConfig:
     env: tuple[str, ...]
     preconditioner: tuple[str | dict[str, Any] | None, ...]
     seeds: tuple[int, ...]
-    timesteps: int | None
+    timesteps: dict[str, int]
     hyperparams: dict[str, Any]
     threshold: dict[str, float]
     eval_episodes: int
@@ -116,7 +117,7 @@ class SweepConfig:
         specs: dict[tuple[Any, ...], TrialSpec] = {}
         for algo, env, preconditioner, seed in itertools.product(self.algo, self.env, self.preconditioner, self.seeds):
             applied = None if algo in TABULAR else preconditioner
-            spec = TrialSpec(algo, env, applied, seed, self.timesteps, dict(self.hyperparams))
+            spec = TrialSpec(algo, env, applied, seed, self.timesteps.get(env), dict(self.hyperparams))
             specs.setdefault((algo, env, spec.preset, seed), spec)
         return list(specs.values())
 
@@ -170,7 +171,7 @@ def parse_sweep(raw: Any, source: str = "the sweep config") -> SweepConfig:
         env=tuple(axes["env"]),
         preconditioner=preconditioners,
         seeds=seeds,
-        timesteps=None if settings["timesteps"] is None else _positive_int(settings["timesteps"], "timesteps", source),
+        timesteps=_budgets(settings["timesteps"], axes["env"], source),
         hyperparams=_mapping(settings["hyperparams"], "hyperparams", source),
         threshold=_thresholds(settings["threshold"], axes["env"], source),
         eval_episodes=_positive_int(settings["eval_episodes"], "eval_episodes", source),
@@ -237,6 +238,18 @@ def _positive_int(value: Any, key: str, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
         raise ConfigError(f"{source}: {key} must be a positive whole number, got {value!r}")
     return int(value)
+
+
+def _budgets(value: Any, envs: list[str], source: str) -> dict[str, int]:
+    """``timesteps`` as a budget per env: one number for every env, a mapping, or none (the YAML's)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return {env: _positive_int(value, "timesteps", source) for env in envs}
+    for env in value:
+        if env not in envs:
+            raise ConfigError(f"{source}: timesteps names env {env!r}, which is not in env {envs}")
+    return {env: _positive_int(budget, f"timesteps of {env}", source) for env, budget in value.items()}
 
 
 def _mapping(value: Any, key: str, source: str) -> dict[str, Any]:

@@ -38,6 +38,8 @@ BASE = {"algo": "ppo", "env": "CartPole-v1", "preconditioner": "adam", "seeds": 
         ({"threshold": {"CartPole-v1": "high"}}, "threshold of CartPole-v1"),
         ({"threshold": {"CartPole-v1": float("nan")}}, "threshold of CartPole-v1"),
         ({"timesteps": 0}, "timesteps"),
+        ({"timesteps": {"Acrobot-v1": 1000}}, "timesteps names env 'Acrobot-v1'"),
+        ({"timesteps": {"CartPole-v1": -5}}, "timesteps of CartPole-v1"),
         ({"seeds": [1, 1]}, "repeat a seed"),
         ({"preconditioner": "fisher-cube"}, "fisher-cube"),
         ({"hyperparams": {"n_stepz": 32}}, "n_stepz"),
@@ -79,6 +81,8 @@ def test_the_packaged_benchmark_sweeps_are_the_benchmark_grid(name):
     # the benchmark's thresholds (the issue's: training mean ≥ 475, −100, 200, −200)
     assert config.threshold == {"CartPole-v1": 475, "Acrobot-v1": -100, "LunarLander-v3": 200, "Pendulum-v1": -200}
     assert len(config.trials()) == len(config.env) * len(config.preconditioner) * 5
+    budgets = {trial.env: trial.timesteps for trial in config.trials()}  # the README benchmark's budgets
+    assert budgets == {"CartPole-v1": 100_000, "Acrobot-v1": 200_000, "Pendulum-v1": 100_000, "LunarLander-v3": None}
 
 
 class _Buffer(list):
