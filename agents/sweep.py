@@ -333,9 +333,10 @@ def run_sweep(
                 )
             grid_results = tuner.fit()
             results += list(grid_results)
-            terminated += grid_results.num_terminated
-            if grid_results.num_terminated + grid_results.num_errors < len(grid_results):
-                break  # interrupted: the experiments after it start on --resume
+            ended = _ended_trials(path)
+            terminated += ended
+            if ended < len(grid_results):
+                break  # interrupted, or a trial failed every retry: the rest starts on --resume
     finally:
         if started:
             ray.shutdown()
@@ -349,6 +350,17 @@ def run_sweep(
     }
     incomplete = terminated < _expected(config)
     return SweepResult([trial_row(result) for result in finished], curves, terminated - len(finished), incomplete)
+
+
+def _ended_trials(path: str) -> int:
+    """Trials that ended (finished, or stopped by a scheduler) in the experiment state Tune saved at ``path``.
+
+    Read back from disk: Tune snapshots the state before it tears down the trials of an interrupted run, so an
+    interrupted trial is saved as pending, where the in-memory result grid already calls it terminated.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    return sum(trial.status == "TERMINATED" for trial in ExperimentAnalysis(path).trials)
 
 
 def _expected(config: SweepConfig) -> int:
