@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA device: the CUDA-parametrised tests, `lagrl check`, `lagrl verify` (suite and --batch) and `lagrl train` on CUDA and the
+# On a machine with a CUDA device: the CUDA-parametrised tests, `lagrl check`, `lagrl verify` (suite and --batch) and `lagrl train` on CUDA, the experiments' quick runs and the
 # benchmarks, in one go. Uses the machine's own torch and packages; lagrl (with lagrl.envs, mapped from envs/)
 # is installed from this checkout without dependencies and without the network.
 set -euo pipefail
@@ -20,3 +20,7 @@ python3 experiments/benchmarks/tabular_bench.py --device cuda
 python3 -m lagrl.cli train --algo ppo --env CartPole-v1 --preconditioner fisher-sqrt --timesteps 4096 --device cuda \
     --save /tmp/lagrl_gpu_ppo --no-progress
 python3 -m lagrl.cli evaluate /tmp/lagrl_gpu_ppo.zip --device cuda
+# The paper's claims (issue "The paper's claims, tested"): every experiment's quick run on CUDA (matplotlib needed).
+for name in planning unequal_information deceleration euler_lagrange fisher_vs_adam exponent; do
+    python3 "experiments/$name.py" --quick --device cuda --out /tmp/lagrl_gpu_claims
+done
