@@ -39,3 +39,24 @@ def run_quick(name: str, out: Path) -> dict:
     assert f"verdict: {report['verdict']}" in completed.stdout
     assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return report
+
+
+def torch_adam_path(task, lr: float, betas: tuple[float, float], steps: int, seed: int) -> list[torch.Tensor]:
+    """The independent reference of the experiments' Adam rows: ``torch.optim.Adam`` on ``task`` (an
+    ``experiments/generative.py`` task) from the same initialisation and minibatches, the step size decayed
+    linearly to 0 as the runs do; the flat parameters after each step."""
+    torch.manual_seed(seed)
+    model = task.make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1 - done / steps)
+    batches = torch.Generator().manual_seed(seed)
+    inputs, targets = task.train
+    path = []
+    for _ in range(steps):
+        index = torch.randint(len(inputs), (task.batch_size,), generator=batches)
+        optimizer.zero_grad()
+        (-model(inputs[index]).log_prob(targets[index]).mean()).backward()
+        optimizer.step()
+        schedule.step()
+        path.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    return path

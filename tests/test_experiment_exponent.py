@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, run_quick
+from helpers import ROOT, run_quick, torch_adam_path
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import exponent  # noqa: E402
@@ -57,19 +57,9 @@ def test_rho_zero_does_not_depend_on_beta2(tasks, task_name):
 def test_rho_half_is_torch_adam_at_every_beta2(tasks, beta2):
     task, steps, lr = tasks["mixture"], 20, 3e-2
     path = trajectory(task, 0.5, beta2, steps, lr)
-    torch.manual_seed(7)
-    model = task.make_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, beta2))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 1 - done / steps)
-    batches = torch.Generator().manual_seed(7)
-    inputs, targets = task.train
+    reference = torch_adam_path(task, lr, (0.9, beta2), steps, seed=7)
     for step in range(steps):
-        index = torch.randint(len(inputs), (task.batch_size,), generator=batches)
-        optimizer.zero_grad()
-        (-model(inputs[index]).log_prob(targets[index]).mean()).backward()
-        optimizer.step()
-        schedule.step()
-        assert torch.equal(path[step], torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert torch.equal(path[step], reference[step])
 
 
 def test_drift_rule():
