@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import tempfile
 import time
@@ -38,6 +37,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from lagrl.agents.sweep_config import SweepConfig, TrialSpec
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import ConfigError, build_model, evaluate, evaluation_env, plan_run, save_atomically
+from lagrl.atomic import atomic_open
 
 REPORTS = 10  # reports (each with a checkpoint) per trial
 MAX_FAILURES = 2  # retries of a trial whose worker dies
@@ -388,10 +388,8 @@ def trial_row(result: Any) -> dict[str, Any]:
 
 
 def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
-    """``rows`` as CSV (:data:`CSV_COLUMNS`), written beside ``path`` and renamed over it."""
-    temporary = path.with_suffix(".csv.tmp")
-    with open(temporary, "w", newline="") as handle:
+    """``rows`` as CSV (:data:`CSV_COLUMNS`), written whole or not at all (:func:`~lagrl.atomic.atomic_open`)."""
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda row: (row["env"], row["algo"], row["preconditioner"], row["seed"])))
-    os.replace(temporary, path)

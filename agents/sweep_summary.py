@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import warnings
 from collections import defaultdict
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+
+from lagrl.atomic import atomic_open
 
 BASELINES = {"ppo": "adam", "a2c": "rmsprop"}  # numerically SB3's own PPO and A2C
 CONFIDENCE = 0.95
@@ -271,9 +272,8 @@ def write_summary(
     """``summary.json``, ``summary.md`` and the plots under ``out`` (each written whole, then renamed)."""
     summary = summarise(rows, reps)
     for name, text in (("summary.json", json.dumps(summary, indent=2)), ("summary.md", markdown(summary))):
-        temporary = out / f"{name}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, out / name)
+        with atomic_open(out / name) as handle:
+            handle.write(text)
     estimates = curve_estimates(rows, curves, reps, seed=0)
     if estimates:
         plot_curves(estimates, thresholds, out / "sweep_curves.png")

@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
-from contextlib import suppress
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +32,7 @@ from torch import nn
 
 import lagrl.envs  # noqa: F401  (registers the lagrl/ environments)
 from lagrl.agents.on_policy import LagrangianA2C, LagrangianPPO
+from lagrl.atomic import atomic_open
 
 ALGOS = ("ppo", "a2c", "q", "planner")
 TABULAR = ("q", "planner")
@@ -267,26 +265,9 @@ def model_path(text: str | Path) -> Path:
 
 
 def save_atomically(model: BaseAlgorithm, path: Path) -> None:
-    """``model.save`` to a temporary file beside ``path``, then an atomic rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            model.save(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would have given
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """``model.save`` to a temporary file beside ``path``, then an atomic rename over ``path`` (:func:`atomic_open`)."""
+    with atomic_open(path, "wb") as stream:
+        model.save(stream)
 
 
 class AtomicCheckpoint(BaseCallback):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
 import torch  # noqa: E402
+
+from lagrl.atomic import atomic_open  # noqa: E402
 
 VERDICTS = ("holds", "fails", "mixed")
 
@@ -49,7 +50,6 @@ def write_report(
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
     shared = {"quick": args.quick, "seed": args.seed, "device": args.device}
     report = {"claim": claim, "verdict": verdict, "settings": shared | settings, "numbers": numbers}
-    temporary = args.out / f"{name}.json.tmp"
-    temporary.write_text(json.dumps(report, indent=2))
-    os.replace(temporary, args.out / f"{name}.json")
+    with atomic_open(args.out / f"{name}.json") as handle:
+        json.dump(report, handle, indent=2)
     print(f"verdict: {verdict} — {claim}")

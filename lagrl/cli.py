@@ -17,7 +17,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -29,6 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from lagrl.agents import PRESETS, training
+from lagrl.atomic import atomic_open
 from lagrl.envs.garnet import garnet_batch
 from lagrl.equivalence import optimizer_parity
 from lagrl.optim import NonFiniteGradientError
@@ -375,10 +375,8 @@ def _print_reports(reports: list[TaskReport], args: argparse.Namespace) -> None:
 
 
 def _write_json_atomically(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+    with atomic_open(path) as handle:
         json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from lagrl.agents import PRESETS
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import META_KEYS, ConfigError, RunPlan, build_model, normalize_kwargs, plan_run
+from lagrl.atomic import atomic_open
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0}
 ANCHORS = {"sb3:ppo": PPO, "sb3:a2c": A2C, "sb3-contrib:trpo": TRPO}
@@ -394,10 +395,8 @@ def finished_runs(path: str, jobs: list[Job]) -> list[Run]:
 
 def write_runs(path: str, runs: list[Run]) -> None:
     """``runs`` as a JSON list, written to a temporary file and renamed over ``path`` (never half-written)."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
+    with atomic_open(path) as handle:
         json.dump([asdict(run) for run in runs], handle, indent=1)
-    os.replace(temporary, path)
 
 
 def parse_arguments() -> argparse.Namespace:
