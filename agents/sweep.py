@@ -3,8 +3,10 @@
 Each trial is one ``lagrl train`` run (:func:`lagrl.agents.training.plan_run` and ``build_model``) in a Ray
 worker with one CPU and one torch thread. Along the run it reports, every :data:`REPORTS` th of its budget,
 the steps so far, the 100-episode training mean, the step at which that mean first reached the env's threshold
-and the throughput, with a checkpoint (the model's zip, its VecNormalize statistics and the threshold watch's
-state); after training it reports a deterministic evaluation. Under ``DIR``:
+and the throughput; the first report ``checkpoint_seconds`` (the sweep file's, 60 by default) after the trial's
+start or its last checkpoint carries a checkpoint (the model's zip, its VecNormalize statistics and the
+threshold watch's state), so that a killed worker loses at most about that much training. After training it
+reports a deterministic evaluation. Under ``DIR``:
 
 - ``tune/`` — Ray Tune's experiment (its state, each trial's ``progress.csv`` and checkpoints): ``--resume``
   restores it (``Tuner.restore``) and runs only what did not finish; a trial whose worker dies is retried from
@@ -12,6 +14,10 @@ state); after training it reports a deterministic evaluation. Under ``DIR``:
 - ``trials/<trial>/`` — the trial's TensorBoard logs (SB3's and lagrl's tags, flushed at every report) and
   its final model ``model.zip``;
 - ``trials.csv``, ``summary.json``, ``summary.md`` and the plots of :mod:`lagrl.agents.sweep_summary`.
+
+An experiment's sweep (``experiment: exponent``, :class:`~lagrl.agents.sweep_config.ExponentSweep`) runs one
+trial per cell of :mod:`lagrl.exponent` (:func:`lagrl.exponent.sweep_trial`, one report with the cell) and
+writes ``trials.csv`` (one row per cell), ``exponent.json`` and ``exponent.png``.
 
 By default the command starts a local Ray on all cores and stops it at the end; ``address`` (``"auto"`` or
 ``host:port``) joins a running cluster, whose nodes must all see ``DIR`` (a shared filesystem). Ray is an
@@ -34,7 +40,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
-from lagrl.agents.sweep_config import SweepConfig, TrialSpec
+from lagrl.agents.sweep_config import ExponentSweep, SweepConfig, TrialSpec
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import ConfigError, build_model, evaluate, evaluation_env, plan_run, save_atomically
 from lagrl.atomic import atomic_open
@@ -46,6 +52,10 @@ EXPERIMENT = "tune"
 CSV_COLUMNS = (
     "trial_id", "algo", "env", "preconditioner", "seed", "hyperparams", "timesteps", "eval_mean", "eval_std",
     "train_mean", "steps_to_threshold", "fps", "wall_seconds", "node", "attempts", "logdir",
+)  # fmt: skip
+CELL_COLUMNS = (
+    "trial_id", "model", "rho", "beta2", "lr", "validation_median", "test_median", "validation", "test", "grid",
+    "diverged", "wall_seconds", "node",
 )  # fmt: skip
 
 
@@ -67,26 +77,30 @@ def trial_name(spec: TrialSpec, trial_id: str) -> str:
 
 
 class TuneReporter(BaseCallback):
-    """Reports the run's progress to Tune every ``budget / REPORTS`` steps, each report with a checkpoint.
+    """Reports the run's progress to Tune every ``budget / REPORTS`` steps; the first report at least
+    ``checkpoint_seconds`` after the start or the last checkpoint carries a checkpoint.
 
     A checkpoint holds ``model.zip`` (:func:`save_atomically`), ``vec_normalize.pkl`` where the env is
     normalised, and ``progress.json`` (the threshold watch's state, the seconds trained, the attempt).
     """
 
-    def __init__(self, budget: int, watch: ThresholdWatch, elapsed: float, attempt: int) -> None:
+    def __init__(
+        self, budget: int, watch: ThresholdWatch, elapsed: float, attempt: int, checkpoint_seconds: float
+    ) -> None:
         super().__init__()
         self.budget = budget
         self.every = max(1, budget // REPORTS)
         self.watch = watch
         self.elapsed = elapsed  # seconds trained by earlier attempts
         self.attempt = attempt
-        self.start = time.perf_counter()
+        self.checkpoint_seconds = checkpoint_seconds
+        self.start = self.checkpointed = time.perf_counter()
         self.start_steps = 0
         self.reported_at = 0
 
     def _on_training_start(self) -> None:
-        self.start, self.start_steps = time.perf_counter(), self.num_timesteps
-        self.reported_at = self.num_timesteps
+        self.start = self.checkpointed = time.perf_counter()
+        self.start_steps = self.reported_at = self.num_timesteps
 
     def _on_step(self) -> bool:
         return True
@@ -95,7 +109,8 @@ class TuneReporter(BaseCallback):
         """A report every ``every`` steps; none at the budget, where the final report (with the evaluation) follows
         (so that a scheduler's last rung judges the finished trial, not its last rollout)."""
         if self.num_timesteps - self.reported_at >= self.every and self.num_timesteps < self.budget:
-            self.report(checkpoint=True)
+            due = time.perf_counter() - self.checkpointed >= self.checkpoint_seconds
+            self.report(checkpoint=due)
 
     def seconds(self) -> float:
         return self.elapsed + time.perf_counter() - self.start
@@ -128,6 +143,7 @@ class TuneReporter(BaseCallback):
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(self.model, Path(directory), self.watch, metrics["wall_seconds"], self.attempt)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        self.checkpointed = time.perf_counter()
 
     def _flush_logs(self) -> None:
         """SB3's writers and lagrl's trajectory writer, so that a killed worker loses at most one report's logs."""
@@ -185,7 +201,8 @@ def train_trial(settings: dict[str, Any]) -> None:
             model, progress = restore_checkpoint(model, Path(directory), settings["device"])
         watch.reached = progress["reached"]
     attempt = progress.get("attempt", 0) + 1
-    reporter = TuneReporter(plan.timesteps, watch, progress.get("seconds", 0.0), attempt)
+    elapsed = progress.get("seconds", 0.0)
+    reporter = TuneReporter(plan.timesteps, watch, elapsed, attempt, settings["checkpoint_seconds"])
     remaining = plan.timesteps - model.num_timesteps
     try:
         if remaining > 0:
@@ -206,13 +223,22 @@ def _trial_dirname(trial: Any) -> str:
     return str(trial.trial_id)
 
 
-def _shared(config: SweepConfig, out: Path) -> dict[str, Any]:
+def _shared(config: SweepConfig | ExponentSweep, out: Path) -> dict[str, Any]:
     """The settings every trial of the sweep gets beside its own."""
+    if isinstance(config, ExponentSweep):
+        return {
+            "out": str(out.resolve()),
+            "device": config.device,
+            "seeds": list(config.seeds),
+            "tuning_seed": config.tuning_seed,
+            "quick": config.quick,
+        }
     return {
         "out": str(out.resolve()),
         "device": config.device,
         "threshold": config.threshold,
         "eval_episodes": config.eval_episodes,
+        "checkpoint_seconds": config.checkpoint_seconds,
     }
 
 
@@ -230,12 +256,12 @@ class Experiment(NamedTuple):
     tune_config: dict[str, Any]
 
 
-def experiments(config: SweepConfig, out: Path) -> list[Experiment]:
+def experiments(config: SweepConfig | ExponentSweep, out: Path) -> list[Experiment]:
     """The grid as one experiment (a ``grid_search`` over the trials); a search as one experiment per grid point,
     Optuna sampling ``search.trials`` settings of its space, a scheduler stopping poor ones on ``train_mean``."""
     tune = require_ray()
     shared = _shared(config, out)
-    if config.search is None:
+    if isinstance(config, ExponentSweep) or config.search is None:
         trials = tune.grid_search([asdict(spec) for spec in config.trials()])
         return [Experiment(EXPERIMENT, {"trial": trials, **shared}, {})]
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
@@ -274,7 +300,7 @@ class SweepResult(NamedTuple):
 
 
 def run_sweep(
-    config: SweepConfig,
+    config: SweepConfig | ExponentSweep,
     out: Path,
     *,
     address: str | None = None,
@@ -301,14 +327,20 @@ def run_sweep(
     elif record.exists():
         raise ConfigError(f"{out} already holds a sweep; continue it with --resume or choose another --out")
     else:
-        record.write_text(json.dumps(grid, indent=1))
+        with atomic_open(record) as handle:
+            json.dump(grid, handle, indent=1)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     results: list[Any] = []
     terminated = 0  # trials that ended: finished, or stopped early by a scheduler
     try:
-        trainable = tune.with_resources(train_trial, {"cpu": 1})
+        if isinstance(config, ExponentSweep):
+            from lagrl.exponent import sweep_trial
+
+            trainable = tune.with_resources(sweep_trial, {"cpu": 1})
+        else:
+            trainable = tune.with_resources(train_trial, {"cpu": 1})
         for experiment in experiments(config, out):
             path = str(out.resolve() / experiment.name)
             if resume and tune.Tuner.can_restore(path):
@@ -340,6 +372,9 @@ def run_sweep(
     finally:
         if started:
             ray.shutdown()
+    if isinstance(config, ExponentSweep):
+        cells = [result for result in results if "cell" in result.metrics]
+        return SweepResult([cell_row(result) for result in cells], {}, 0, terminated < _expected(config))
     finished = [result for result in results if "eval_mean" in result.metrics]  # trained to the end, evaluated
     curves = {
         result.metrics["trial_id"]: [
@@ -363,7 +398,7 @@ def _ended_trials(path: str) -> int:
     return sum(trial.status == "TERMINATED" for trial in ExperimentAnalysis(path).trials)
 
 
-def _expected(config: SweepConfig) -> int:
+def _expected(config: SweepConfig | ExponentSweep) -> int:
     """How many trials the sweep makes: the grid's, or each grid point's search samples."""
     points = len(config.trials())
     return points if config.search is None else points * config.search.trials
@@ -387,9 +422,27 @@ def trial_row(result: Any) -> dict[str, Any]:
     return row
 
 
-def write_trials(rows: list[dict[str, Any]], path: Path) -> None:
-    """``rows`` as CSV (:data:`CSV_COLUMNS`), written whole or not at all (:func:`~lagrl.atomic.atomic_open`)."""
+def cell_row(result: Any) -> dict[str, Any]:
+    """One ``trials.csv`` row of a finished exponent cell (:data:`CELL_COLUMNS`; lists and the walk as JSON), with
+    the cell itself under ``"cell"`` (for the report, not written to the CSV)."""
+    from lagrl.exponent import cell_from_json
+
+    cell = cell_from_json(result.metrics["cell"])
+    row: dict[str, Any] = {"trial_id": result.metrics["trial_id"], "cell": cell}
+    for key in CELL_COLUMNS[1:-2]:
+        value = cell[key]
+        row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return row | {"wall_seconds": result.metrics["wall_seconds"], "node": result.metrics["node"]}
+
+
+def write_trials(rows: list[dict[str, Any]], path: Path, cells: bool = False) -> None:
+    """``rows`` as CSV (:data:`CSV_COLUMNS`, or :data:`CELL_COLUMNS` for an experiment's ``cells``), written whole
+    or not at all (:func:`~lagrl.atomic.atomic_open`)."""
+    if cells:
+        columns, order = CELL_COLUMNS, lambda row: (row["model"], row["beta2"], row["rho"])
+    else:
+        columns, order = CSV_COLUMNS, lambda row: (row["env"], row["algo"], row["preconditioner"], row["seed"])
     with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda row: (row["env"], row["algo"], row["preconditioner"], row["seed"])))
+        writer.writerows(sorted(rows, key=order))

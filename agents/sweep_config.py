@@ -10,15 +10,18 @@ A sweep file names, for each key, one value or a list (a list is a grid axis; ev
     hyperparams: {n_steps: 32}               # overrides of the package YAML (lagrl.agents.training)
     threshold: {CartPole-v1: 475}            # 100-episode training mean that counts as solved
     eval_episodes: 10                        # deterministic evaluation after training
+    checkpoint_seconds: 60                   # a trial checkpoints at its first report this long after the last
     device: cpu
 
 ``algo``, ``env``, ``preconditioner`` and ``seeds`` may be lists; ``timesteps``, ``hyperparams``, ``threshold``,
-``eval_episodes`` and ``device`` are one value each (``timesteps`` may map envs to budgets; an env it leaves
-out, or no ``timesteps`` at all, trains for the package YAML's ``n_timesteps``). The tabular agents (``q``,
+``eval_episodes``, ``checkpoint_seconds`` and ``device`` are one value each (``timesteps`` may map envs to
+budgets; an env it leaves out, or no ``timesteps`` at all, trains for the package YAML's ``n_timesteps``;
+``checkpoint_seconds`` 0 checkpoints at every report). The tabular agents (``q``,
 ``planner``) take no preconditioner: with them the ``preconditioner`` axis does not apply and their trials have
 ``preconditioner: null``. ``hyperparams`` apply to every algorithm of the grid (a key an agent does not take is
 refused, naming it). An optional ``search`` block turns the grid's hyperparameters into a search (see
-:class:`SearchSpec`). :func:`load_sweep` refuses an unknown key, an unknown env or algorithm, an empty axis and
+:class:`SearchSpec`). A file with the key ``experiment`` runs an experiment's cells instead of training runs
+(:class:`ExponentSweep`). :func:`load_sweep` refuses an unknown key, an unknown env or algorithm, an empty axis and
 a bad threshold with a :class:`~lagrl.agents.training.ConfigError` that names the key.
 """
 
@@ -39,7 +42,7 @@ from lagrl.agents.preconditioners import resolve
 from lagrl.agents.training import ALGOS, TABULAR, ConfigError, plan_run
 
 AXES = ("algo", "env", "preconditioner", "seeds")
-SCALARS = ("timesteps", "hyperparams", "threshold", "eval_episodes", "device", "search")
+SCALARS = ("timesteps", "hyperparams", "threshold", "eval_episodes", "checkpoint_seconds", "device", "search")
 DEFAULTS: dict[str, Any] = {
     "preconditioner": [None],
     "seeds": [0],
@@ -47,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "hyperparams": {},
     "threshold": {},
     "eval_episodes": 10,
+    "checkpoint_seconds": 60.0,
     "device": "cpu",
     "search": None,
 }
@@ -109,6 +113,7 @@ class SweepConfig:
     hyperparams: dict[str, Any]
     threshold: dict[str, float]
     eval_episodes: int
+    checkpoint_seconds: float
     device: str
     search: SearchSpec | None
 
@@ -122,12 +127,75 @@ class SweepConfig:
         return list(specs.values())
 
 
+@dataclass(frozen=True)
+class ExponentCell:
+    """One cell of the exponent experiment (:mod:`lagrl.exponent`): a model, an exponent ρ and Adam's β2."""
+
+    model: str
+    rho: float
+    beta2: float
+
+
+@dataclass(frozen=True)
+class ExponentSweep:
+    """``experiment: exponent``: :mod:`lagrl.exponent`'s grid (its ρ × β2 for each ``model``) as one trial per cell::
+
+        experiment: exponent
+        model: [characters, mixture]             # or one of them
+        seeds: [1, 2, 3]                         # the evaluation seeds of every cell
+        tuning_seed: 0                           # the seed whose validation loss picks each cell's step size
+        quick: false                             # true: the CI-sized runs of ``experiments/exponent.py --quick``
+        device: cpu
+
+    The sweep writes ``exponent.json`` and ``exponent.png`` (the experiment's report and heat maps) beside
+    ``trials.csv``."""
+
+    model: tuple[str, ...]
+    seeds: tuple[int, ...]
+    tuning_seed: int
+    quick: bool
+    device: str
+    search: None = None
+
+    def trials(self) -> list[ExponentCell]:
+        from lagrl.exponent import BETA2S, RHOS
+
+        return [ExponentCell(model, rho, beta2) for model in self.model for beta2 in BETA2S for rho in RHOS]
+
+
+EXPERIMENTS = {"exponent": ("experiment", "model", "seeds", "tuning_seed", "quick", "device")}
+
+
+def _experiment_sweep(raw: Mapping[str, Any], source: str) -> ExponentSweep:
+    """An ``experiment:`` sweep file, checked: the experiment's name, its keys, models and seeds."""
+    from lagrl.exponent import MODELS
+
+    name = raw["experiment"]
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"{source}: experiment {name!r} is unknown; choose from {list(EXPERIMENTS)}")
+    unknown = sorted(set(map(str, raw)) - set(EXPERIMENTS[name]))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} for experiment {name}; valid: {list(EXPERIMENTS[name])}")
+    models = _axis(raw.get("model", list(MODELS)), "model", source)
+    for model in models:
+        if model not in MODELS:
+            raise ConfigError(f"{source}: model {model!r} is unknown; choose from {list(MODELS)}")
+    seeds = tuple(_seed(seed, source) for seed in _axis(raw.get("seeds", [1, 2, 3]), "seeds", source))
+    tuning_seed = _seed(raw.get("tuning_seed", 0), source)
+    if len(set(seeds)) != len(seeds) or tuning_seed in seeds:
+        raise ConfigError(f"{source}: seeds {list(seeds)} must be distinct and differ from tuning_seed {tuning_seed}")
+    quick = raw.get("quick", False)
+    if not isinstance(quick, bool):
+        raise ConfigError(f"{source}: quick must be true or false, got {quick!r}")
+    return ExponentSweep(tuple(dict.fromkeys(models)), seeds, tuning_seed, quick, str(raw.get("device", "cpu")))
+
+
 def packaged_sweeps() -> list[str]:
     """The names of the sweep files shipped in the package (``agents/sweeps/<name>.yml``)."""
     return sorted(entry.name.removesuffix(".yml") for entry in files("lagrl.agents").joinpath("sweeps").iterdir())
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
+def load_sweep(path: str | Path) -> SweepConfig | ExponentSweep:
     """Read and check a sweep file (see the module docstring); a name of :func:`packaged_sweeps` (a path that does
     not exist) reads the packaged file."""
     path = Path(path)
@@ -144,10 +212,12 @@ def load_sweep(path: str | Path) -> SweepConfig:
     return parse_sweep(raw, source=str(path))
 
 
-def parse_sweep(raw: Any, source: str = "the sweep config") -> SweepConfig:
+def parse_sweep(raw: Any, source: str = "the sweep config") -> SweepConfig | ExponentSweep:
     """Check a sweep config's mapping and every trial it makes (agents' keywords included) before any runs."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source} must be a mapping of keys {list(AXES + SCALARS)}, got {type(raw).__name__}")
+    if "experiment" in raw:
+        return _experiment_sweep(raw, source)
     unknown = sorted(set(map(str, raw)) - set(AXES + SCALARS))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {list(AXES + SCALARS)}")
@@ -175,6 +245,7 @@ def parse_sweep(raw: Any, source: str = "the sweep config") -> SweepConfig:
         hyperparams=_mapping(settings["hyperparams"], "hyperparams", source),
         threshold=_thresholds(settings["threshold"], axes["env"], source),
         eval_episodes=_positive_int(settings["eval_episodes"], "eval_episodes", source),
+        checkpoint_seconds=_seconds(settings["checkpoint_seconds"], "checkpoint_seconds", source),
         device=str(settings["device"]),
         search=None if settings["search"] is None else _search(settings["search"], source),
     )
@@ -238,6 +309,12 @@ def _positive_int(value: Any, key: str, source: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or value != int(value):
         raise ConfigError(f"{source}: {key} must be a positive whole number, got {value!r}")
     return int(value)
+
+
+def _seconds(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"{source}: {key} must be a finite number of seconds ≥ 0 (0: at every report), got {value!r}")
+    return float(value)
 
 
 def _budgets(value: Any, envs: list[str], source: str) -> dict[str, int]:

@@ -187,6 +187,15 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def iqm_along_steps(scores: numpy.ndarray) -> numpy.ndarray:
+    """rliable's ``aggregate_iqm`` of ``scores[..., t]`` for every step ``t`` of ``scores`` (runs, tasks, steps), in
+    one call: the same 25 % trimmed mean (``scipy.stats.trim_mean``) taken along the flattened runs × tasks axis,
+    which is what rliable's per-step loop computes one step at a time (40,000 calls for a 2,000-rep band)."""
+    from scipy.stats import trim_mean  # rliable's dependency
+
+    return trim_mean(scores.reshape(-1, scores.shape[-1]), proportiontocut=0.25, axis=0)
+
+
 def curve_estimates(
     rows: Sequence[dict[str, Any]], curves: dict[str, list[tuple[int, float]]], reps: int, seed: int
 ) -> dict[str, dict[str, Any]]:
@@ -195,7 +204,7 @@ def curve_estimates(
     Each seed's curve (its reports' ``(timesteps, train_mean)``) is interpolated linearly onto
     :data:`CURVE_POINTS` steps between the first report every seed has and the last.
     """
-    library, metrics = _rliable()
+    library, _ = _rliable()
     estimates: dict[str, dict[str, Any]] = {}
     for (env, algo, preconditioner), members in _groups(rows).items():
         points = [numpy.array(curves[row["trial_id"]], dtype=float) for row in members if curves.get(row["trial_id"])]
@@ -205,13 +214,7 @@ def curve_estimates(
         grid = numpy.linspace(max(p[0, 0] for p in points), min(p[-1, 0] for p in points), CURVE_POINTS)
         scores = numpy.stack([numpy.interp(grid, p[:, 0], p[:, 1]) for p in points])[:, None, :]  # (runs, 1, T)
         name = f"{algo}:{preconditioner}"
-        point, interval = _bootstrap(
-            library,
-            {name: scores},
-            lambda x: numpy.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])]),
-            reps,
-            seed,
-        )
+        point, interval = _bootstrap(library, {name: scores}, iqm_along_steps, reps, seed)
         estimates.setdefault(env, {})[name] = {"steps": grid, "iqm": point[name], "band": interval[name]}
     return estimates
 

@@ -1,7 +1,7 @@
 """Insight 3 (THEORY §5): Adam is the ρ = ½ flow ``θ̇ = −F^{-½} g`` with ``F ≈ diag(v̂)``; does the flow with the
 model's *true* Fisher train generative models at least as well as Adam?
 
-Two maximum-likelihood density models (``generative.py``): a 4-component 2-D Gaussian mixture fit to draws of a
+Two maximum-likelihood density models (``lagrl.generative``): a 4-component 2-D Gaussian mixture fit to draws of a
 fixed true mixture (P = 20: diagonal and full Fisher), and a next-character MLP on Python's bundled documentation
 text (P ≈ 23k: diagonal and K-FAC, the embedding diagonal); 300 and 1,000 minibatches of 64. The true Fisher is
 estimated on each minibatch's inputs with targets drawn from the model itself (one per context for the
@@ -13,13 +13,13 @@ setting, untuned — ρ = ½ true diagonal with the energy step rule (``½ Δθ�
 
 A fixed learning rate is not comparable across metrics (a true-Fisher ρ = ½ step at Adam's ``lr`` is about
 ``1/√B`` of Adam's, THEORY §5b), so every tuned row takes its best step size from one shared log-spaced grid
-(``generative.STEP_SIZES``, 2 per decade), chosen by the final *validation* loss of one tuning seed (``--seed``)
+(``lagrl.generative.STEP_SIZES``, 2 per decade), chosen by the final *validation* loss of one tuning seed (``--seed``)
 by a downhill walk on the grid; every row decays its step linearly to 0 over the run (our choice: final losses
 then measure convergence, not the noise floor of a constant step). The reported numbers are *test* losses on
 other seeds (8 for the mixture, whose seeds differ mostly in the basin they end in; 4 for the characters), the
 same initialisation and minibatch order for every row, so the comparison is paired. Every row has β1 = 0.9 and
 β2 = 0.999 (Adam's; the true-Fisher rows use β1 only) and Adam's ε = 1e-8; the true Fisher, damped by ε = 1e-3 in
-every form (``generative.FISHER_EPS``: a minibatch's true Fisher has exact zeros), is refreshed every 5 (mixture)
+every form (``lagrl.generative.FISHER_EPS``: a minibatch's true Fisher has exact zeros), is refreshed every 5 (mixture)
 or 10 (characters) steps into a running average (decay 0.95), as K-FAC does.
 
 Verdict (our operationalisation): per model, the ρ = ½ true-Fisher form with the lower tuning-seed validation
@@ -44,7 +44,8 @@ import time
 from pathlib import Path
 
 from claims import parse_arguments, plt, save_figure, write_report
-from generative import (
+
+from lagrl.generative import (
     ADAM_EPS,
     ENERGY_BUDGET,
     FISHER_DECAY,

@@ -28,6 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from lagrl.agents import PRESETS, training
+from lagrl.agents.sweep_config import ExponentSweep, load_sweep
 from lagrl.atomic import atomic_open
 from lagrl.envs.garnet import garnet_batch
 from lagrl.equivalence import optimizer_parity
@@ -445,9 +446,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exponent_report(config: ExponentSweep, cells: list[dict], out: Path) -> None:
+    """An exponent sweep's ``exponent.json`` (the report of ``experiments/exponent.py``) and ``exponent.png``."""
+    from lagrl import exponent
+
+    blocks = [exponent.block([cell for cell in cells if cell["model"] == model]) for model in config.model]
+    exponent.plot(blocks, out / "exponent.png")
+    report = exponent.report(blocks, list(config.seeds), config.tuning_seed, config.quick, config.device)
+    _write_json_atomically(out / "exponent.json", report)
+    for model in blocks:
+        best = ", ".join(f"β2 {row['beta2']:g}: ρ {row['best_rho']:g}" for row in model["rows"])
+        identical = model["rho0_bit_identical_across_beta2"]
+        print(f"{model['task']}: best ρ {best}; ρ = 0 bit-identical across β2: {identical}")
+    print(f"verdict: {report['verdict']} — {report['claim']}")
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from lagrl.agents import sweep, sweep_summary
-    from lagrl.agents.sweep_config import load_sweep
 
     try:
         config = load_sweep(args.config)
@@ -457,8 +472,11 @@ def _sweep(args: argparse.Namespace) -> int:
     except training.ConfigError as error:
         print(f"lagrl sweep: {error}", file=sys.stderr)
         return 2
-    sweep.write_trials(result.rows, args.out / "trials.csv")
-    if result.rows:
+    experiment = isinstance(config, ExponentSweep)
+    sweep.write_trials(result.rows, args.out / "trials.csv", cells=experiment)
+    if experiment and not result.incomplete:
+        _exponent_report(config, [row["cell"] for row in result.rows], args.out)
+    elif result.rows and not experiment:
         summary = sweep_summary.write_summary(result.rows, result.curves, config.threshold, args.out)
         print(sweep_summary.markdown(summary))
     stopped = f" ({result.stopped_early} more stopped early by the scheduler)" if result.stopped_early else ""

@@ -1,18 +1,15 @@
-"""experiments/exponent.py: the ρ family m̂ / (v̂^ρ + ε) against its closed form, ρ = 0 bit-identical for every
-β2 (the replication's sanity check), ρ = ½ equal to torch.optim.Adam at each β2, and the quick report against its
-own grids, seeds and verdict rule."""
+"""lagrl.exponent and experiments/exponent.py: the ρ family m̂ / (v̂^ρ + ε) against its closed form, ρ = 0
+bit-identical for every β2 (the replication's sanity check), ρ = ½ equal to torch.optim.Adam at each β2, and the
+quick report against its own grids, seeds and verdict rule."""
 
+import math
 import statistics
-import sys
 
 import pytest
 import torch
 
-from helpers import ROOT, run_quick, torch_adam_path
-
-sys.path.insert(0, str(ROOT / "experiments"))
-import exponent  # noqa: E402
-import generative  # noqa: E402
+from helpers import run_quick, torch_adam_path
+from lagrl import exponent, generative
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +59,13 @@ def test_rho_half_is_torch_adam_at_every_beta2(tasks, beta2):
         assert torch.equal(path[step], reference[step])
 
 
+def test_each_walk_starts_near_ten_to_the_minus_four_rho():
+    for rho in exponent.RHOS:
+        chosen = generative.STEP_SIZES[exponent.start(rho)]
+        assert all(abs(math.log10(chosen) + 4 * rho) <= abs(math.log10(lr) + 4 * rho) for lr in generative.STEP_SIZES)
+    assert generative.STEP_SIZES[exponent.start(0.5)] == 0.01
+
+
 def test_drift_rule():
     assert exponent.drift([0.5, 0.625, 0.75]) and exponent.drift([0.5, 0.5, 0.75]) and exponent.drift([0, 0.5, 1])
     assert not exponent.drift([0.5, 0.5, 0.5]) and not exponent.drift([0.75, 0.5, 0.75])
@@ -87,16 +91,11 @@ def test_quick_report_agrees_with_its_grids_seeds_and_rule(tmp_path):
             assert finite[cell["lr"]] == min(finite.values())
             index = grid.index(cell["lr"])
             assert all(grid[j] in evaluated for j in (index - 1, index + 1) if 0 <= j < len(grid))
-        # ρ = 0: the same step size and the same losses, to the last bit, at every β2 (the walks start at different
-        # points, so they evaluate different parts of the grid, equal where they overlap)
+        # ρ = 0: the same walk, step size, losses and final parameters, to the last bit, at every β2
         zero = [cells[(0.0, beta2)] for beta2 in exponent.BETA2S]
+        keys = ("lr", "grid", "validation", "test", "parameters_sha256")
         for cell in zero[1:]:
-            assert (cell["lr"], cell["validation"], cell["test"]) == (
-                zero[0]["lr"],
-                zero[0]["validation"],
-                zero[0]["test"],
-            )
-            assert all(zero[0]["grid"][lr] == value for lr, value in cell["grid"].items() if lr in zero[0]["grid"])
+            assert [cell[key] for key in keys] == [zero[0][key] for key in keys]
         assert block["rho0_bit_identical_across_beta2"] is True
         for row, beta2 in zip(block["rows"], exponent.BETA2S):
             medians = {rho: cells[(rho, beta2)]["validation_median"] for rho in exponent.RHOS}

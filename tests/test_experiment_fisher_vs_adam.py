@@ -1,4 +1,4 @@
-"""experiments/fisher_vs_adam.py and the models of experiments/generative.py: the true Fisher of the Gaussian
+"""experiments/fisher_vs_adam.py and the models of lagrl/generative.py: the true Fisher of the Gaussian
 mixture against closed forms and a Hessian, the Adam row against torch.optim.Adam, and the quick report against
 its own grids, seeds and verdict rule."""
 
@@ -14,7 +14,7 @@ from helpers import ROOT, run_quick, torch_adam_path
 from lagrl.fisher import per_sample_grads
 
 sys.path.insert(0, str(ROOT / "experiments"))
-import generative  # noqa: E402
+from lagrl import generative  # noqa: E402
 
 ADAM = generative.Method("adam", "Adam", 0.5, "adam")
 

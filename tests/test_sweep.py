@@ -38,6 +38,8 @@ BASE = {"algo": "ppo", "env": "CartPole-v1", "preconditioner": "adam", "seeds": 
         ({"threshold": {"CartPole-v1": "high"}}, "threshold of CartPole-v1"),
         ({"threshold": {"CartPole-v1": float("nan")}}, "threshold of CartPole-v1"),
         ({"timesteps": 0}, "timesteps"),
+        ({"checkpoint_seconds": -1}, "checkpoint_seconds"),
+        ({"checkpoint_seconds": "often"}, "checkpoint_seconds"),
         ({"timesteps": {"Acrobot-v1": 1000}}, "timesteps names env 'Acrobot-v1'"),
         ({"timesteps": {"CartPole-v1": -5}}, "timesteps of CartPole-v1"),
         ({"seeds": [1, 1]}, "repeat a seed"),
@@ -52,6 +54,43 @@ def test_bad_sweep_files_are_refused_naming_the_key(change, named):
     with pytest.raises(ConfigError) as caught:
         parse_sweep({**BASE, **change})
     assert named in str(caught.value)
+
+
+EXPONENT = {"experiment": "exponent", "model": ["mixture"], "seeds": [1, 2], "tuning_seed": 0, "quick": True}
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"experiment": "exponents"}, "exponents"),
+        ({"rho": [0.5]}, "rho"),
+        ({"model": ["gpt"]}, "gpt"),
+        ({"seeds": [0, 1]}, "tuning_seed"),
+        ({"seeds": []}, "seeds is an empty list"),
+        ({"quick": "yes"}, "quick"),
+    ],
+)
+def test_bad_experiment_sweep_files_are_refused_naming_the_key(change, named):
+    with pytest.raises(ConfigError) as caught:
+        parse_sweep({**EXPONENT, **change})
+    assert named in str(caught.value)
+
+
+def test_the_packaged_cartpole_sweep_is_the_ppo_benchmarks_cartpole_slice():
+    from lagrl.agents.sweep_config import load_sweep
+
+    ppo = [t for t in load_sweep("agents_ppo").trials() if t.env == "CartPole-v1"]
+    assert load_sweep("agents_cartpole").trials() == ppo
+
+
+def test_the_packaged_exponent_sweep_is_the_experiments_grid():
+    from lagrl import exponent
+    from lagrl.agents.sweep_config import load_sweep
+
+    config = load_sweep("exponent")
+    cells = {(cell.model, cell.rho, cell.beta2) for cell in config.trials()}
+    assert cells == {(m, r, b) for m in ("characters", "mixture") for r in exponent.RHOS for b in exponent.BETA2S}
+    assert (config.seeds, config.tuning_seed, config.quick) == ((1, 2, 3), 0, False)
 
 
 def test_the_grid_is_the_product_of_the_axes_and_tabular_agents_take_no_preconditioner():
@@ -121,6 +160,17 @@ def test_iqm_and_probability_of_improvement_match_hand_computed_values():
     assert 0.0 <= low <= probability <= high <= 1.0
 
 
+def test_the_iqm_curve_is_rliables_per_step_iqm():
+    from rliable import metrics
+
+    from lagrl.agents.sweep_summary import iqm_along_steps
+
+    scores = numpy.random.default_rng(0).normal(size=(7, 1, 5))  # runs, tasks, steps
+    scores[3, 0, 2] = 1e6  # an outlier the trimmed mean drops
+    expected = [metrics.aggregate_iqm(scores[..., t]) for t in range(scores.shape[-1])]
+    numpy.testing.assert_allclose(iqm_along_steps(scores), expected, rtol=1e-12)
+
+
 # Real Ray -------------------------------------------------------------------------------------------------------
 
 ray = pytest.importorskip("ray", reason="the sweep extra is not installed")
@@ -158,11 +208,35 @@ def test_a_local_sweep_reproduces_the_same_runs_done_in_process(tmp_path):
         assert int(row["timesteps"]) == model.num_timesteps and row["attempts"] == "1"
         logs = Path(row["logdir"])
         assert (logs / "model.zip").is_file() and list(logs.glob("run_1/events.out.tfevents.*"))
+    assert not _checkpoints(tmp_path / "out")  # trials of a few seconds: none reached checkpoint_seconds (60)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (group,) = summary["groups"]
     assert group["runs"] == 2 and group["eval_iqm"] == pytest.approx(numpy.mean([float(r["eval_mean"]) for r in rows]))
     assert (tmp_path / "out" / "sweep_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "| CartPole-v1 | ppo | adam | 2 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_an_exponent_sweep_reproduces_the_cells_run_in_process(tmp_path):
+    from lagrl import exponent
+    from lagrl.generative import json_safe
+
+    config = _write(tmp_path, EXPONENT)
+    completed = subprocess.run(_sweep_command(config, tmp_path / "out"), capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == len(exponent.RHOS) * len(exponent.BETA2S)
+    report = json.loads((tmp_path / "out" / "exponent.json").read_text())
+    (block,) = report["numbers"]["models"]
+    assert report["verdict"] == exponent.verdict([block]) and f"verdict: {report['verdict']}" in completed.stdout
+    assert (tmp_path / "out" / "exponent.png").read_bytes()[:4] == b"\x89PNG"
+    for cell in block["cells"][:: len(exponent.RHOS) + 1]:  # one cell per β2, each at another ρ: run here, no Ray
+        reference = exponent.run_cell("mixture", cell["rho"], cell["beta2"], [1, 2], 0, "cpu", quick=True)
+        reference = {key: value for key, value in reference.items() if key not in exponent.TASK_KEYS}
+        assert cell == json.loads(json.dumps(json_safe(reference)))  # bit for bit: floats round-trip through JSON
+    row = next(r for r in rows if float(r["rho"]) == 0.5 and float(r["beta2"]) == 0.99)
+    cell = next(c for c in block["cells"] if c["rho"] == 0.5 and c["beta2"] == 0.99)
+    assert float(row["validation_median"]) == cell["validation_median"] and json.loads(row["grid"]) == cell["grid"]
+    assert block["rho0_bit_identical_across_beta2"] is True  # ρ = 0 cells ran in different workers
 
 
 def test_a_search_samples_inside_its_space_and_reports_the_best_setting(tmp_path):
@@ -194,7 +268,7 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    config = _write(tmp_path, {**SWEEP, "seeds": [0, 1], "timesteps": 10240})
+    config = _write(tmp_path, {**SWEEP, "seeds": [0, 1], "timesteps": 10240, "checkpoint_seconds": 0})
     out = tmp_path / "out"
     process = subprocess.Popen(
         _sweep_command(config, out, "--max-concurrent", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -225,7 +299,7 @@ def _finished_trials(out: Path) -> int:
 
 
 def test_a_killed_worker_is_retried_from_its_last_checkpoint(tmp_path):
-    config = _write(tmp_path, {**SWEEP, "seeds": [0], "timesteps": 10240})
+    config = _write(tmp_path, {**SWEEP, "seeds": [0], "timesteps": 10240, "checkpoint_seconds": 0})
     out = tmp_path / "out"
     process = subprocess.Popen(_sweep_command(config, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -1,4 +1,6 @@
-"""Small generative models, their data and one training loop, shared by ``fisher_vs_adam.py`` and ``exponent.py``.
+"""Small generative models, their data and one training loop: the tasks of the optimizer experiments
+(``experiments/fisher_vs_adam.py``; :mod:`lagrl.exponent`, run by ``experiments/exponent.py`` and by
+``lagrl sweep exponent``).
 
 Two density models, each trained by maximum likelihood (loss = mean negative log-likelihood, THEORY §0):
 
