@@ -69,8 +69,8 @@ def method(rho: float, beta2: float) -> Method:
 
 def start(rho: float) -> int:
     """Where a cell's walk on ``STEP_SIZES`` begins: the grid point nearest ``10^{−4ρ}`` (the character model's
-    best step size at every ρ in the first, sequential run; the walk ends at the same point from any start where
-    the validation loss is unimodal in ``log η``, so the start only sets how many runs the walk takes)."""
+    best step size in 17 of its 18 cells in the first, sequential run; the walk ends at the same point from any
+    start where the validation loss is unimodal in ``log η``, so the start only sets how many runs it takes)."""
     return min(range(len(STEP_SIZES)), key=lambda i: abs(math.log10(STEP_SIZES[i]) + 4 * rho))
 
 
@@ -84,6 +84,7 @@ def task(model: str, device: str, quick: bool) -> Task:
 
 
 def steps(model: str, quick: bool) -> int:
+    """Minibatches per run: :data:`STEPS`, or :data:`QUICK_STEPS` for the CI-sized runs."""
     return QUICK_STEPS if quick else STEPS[model]
 
 
