@@ -43,7 +43,7 @@ def run_quick(name: str, out: Path) -> dict:
 
 def torch_adam_path(task, lr: float, betas: tuple[float, float], steps: int, seed: int) -> list[torch.Tensor]:
     """The independent reference of the experiments' Adam rows: ``torch.optim.Adam`` on ``task`` (an
-    ``experiments/generative.py`` task) from the same initialisation and minibatches, the step size decayed
+    ``lagrl.generative`` task) from the same initialisation and minibatches, the step size decayed
     linearly to 0 as the runs do; the flat parameters after each step."""
     torch.manual_seed(seed)
     model = task.make_model()
