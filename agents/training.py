@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from importlib.resources import files
@@ -324,17 +325,27 @@ def load_run(path: Path, device: str = "auto") -> BaseAlgorithm:
 
 
 def evaluation_env(model: BaseAlgorithm, seed: int, env_id: str | None = None) -> VecEnv:
-    """One env as the model was trained on (its ``env_kwargs`` and frozen VecNormalize statistics), or ``env_id``."""
+    """One env as the model was trained on (its ``env_kwargs``), or ``env_id``, behind a frozen copy of the run's
+    VecNormalize statistics: a copy, so that the training env (still wrapped where the model was just trained)
+    keeps its own wrapper and keeps updating its statistics."""
     run = model.lagrl_run
     same = env_id is None or env_id == run["env_id"]
     env = make_env(run["env_id"] if same else env_id, 1, seed, run["env_kwargs"] if same else {})
-    statistics = model.lagrl_vec_normalize
-    if statistics is None:
+    source = model.lagrl_vec_normalize
+    if source is None:
         return env
-    statistics.set_venv(env)
-    statistics.training = False
-    statistics.norm_reward = False
-    return statistics
+    frozen = VecNormalize(
+        env,
+        training=False,
+        norm_obs=source.norm_obs,
+        norm_reward=False,
+        clip_obs=source.clip_obs,
+        gamma=source.gamma,
+        epsilon=source.epsilon,
+        norm_obs_keys=source.norm_obs_keys,
+    )
+    frozen.obs_rms = copy.deepcopy(source.obs_rms)  # as SB3's sync_envs_normalization copies them
+    return frozen
 
 
 @dataclass(frozen=True)

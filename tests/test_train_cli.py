@@ -17,7 +17,7 @@ from gymnasium import spaces
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lagrl.agents import LagrangianA2C, LagrangianPPO
-from lagrl.agents.training import linear_schedule, load_hyperparams, plan_run
+from lagrl.agents.training import build_model, evaluate, evaluation_env, linear_schedule, load_hyperparams, plan_run
 from lagrl.cli import main
 from lagrl.trajectory import TAGS
 
@@ -134,6 +134,24 @@ def test_normalize_statistics_travel_with_the_model(tmp_path, capsys):
     statistics = LagrangianA2C.load(tmp_path / "m.zip").lagrl_vec_normalize
     assert statistics.obs_rms.count > 64  # updated in place by training, saved in the zip
     assert main(["evaluate", str(tmp_path / "m.zip"), "--episodes", "1", "--stochastic"]) == 0
+
+
+def test_a_just_trained_normalised_model_evaluates_behind_a_frozen_copy_of_its_statistics():
+    plan = plan_run("ppo", "Acrobot-v1", {"n_steps": 32, "batch_size": 32, "n_epochs": 1}, timesteps=64, seed=0)
+    model = build_model(plan, "cpu")
+    model.learn(plan.timesteps)
+    training = model.get_vec_normalize_env()
+    assert training is model.lagrl_vec_normalize and training.training  # the zoo normalises Acrobot
+    env = evaluation_env(model, seed=7)  # the training wrapper still holds its envs: its copy must be used
+    assert env is not training and not env.training and not env.norm_reward
+    np.testing.assert_array_equal(env.obs_rms.mean, training.obs_rms.mean)
+    count = training.obs_rms.count
+    result = evaluate(model, env, 1, deterministic=True)
+    assert math.isfinite(result.mean_return)
+    assert training.training and training.obs_rms.count == count  # the training statistics neither frozen nor moved
+    np.testing.assert_array_equal(evaluation_env(model, seed=8).obs_rms.mean, training.obs_rms.mean)  # again
+    model.learn(32, reset_num_timesteps=False)
+    assert training.obs_rms.count > count
 
 
 @pytest.mark.parametrize(
