@@ -1,6 +1,7 @@
 """Shared by the test modules: random inputs (float64, seeded, on any device) and the experiments' quick runs."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,13 @@ def random_spd(n: int, seed: int, device, shift: float = 0.5) -> torch.Tensor:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that a test interrupts with SIGINT: a shell without job control starts its
+    background commands (``cmd &``, nohup, some CI runners) with SIGINT ignored, which their children inherit,
+    and Python then never raises ``KeyboardInterrupt``; this gives the child the default disposition back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_quick(name: str, out: Path) -> dict:

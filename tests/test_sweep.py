@@ -18,6 +18,7 @@ import numpy
 import pytest
 import yaml
 
+from helpers import default_sigint
 from lagrl.agents.sweep_config import parse_sweep
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import ConfigError, build_model, evaluate, evaluation_env, plan_run
@@ -271,7 +272,10 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
     config = _write(tmp_path, {**SWEEP, "seeds": [0, 1], "timesteps": 10240, "checkpoint_seconds": 0})
     out = tmp_path / "out"
     process = subprocess.Popen(
-        _sweep_command(config, out, "--max-concurrent", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        _sweep_command(config, out, "--max-concurrent", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=default_sigint,
     )
     try:  # interrupt once the first trial has finished and the second is part-way (it has a checkpoint)
         _wait_for(lambda: _finished_trials(out) == 1 and len(_checkpoints(out)) == 2, 300, "the second trial")

@@ -16,6 +16,7 @@ import torch
 from gymnasium import spaces
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import default_sigint
 from lagrl.agents import LagrangianA2C, LagrangianPPO
 from lagrl.agents.training import build_model, evaluate, evaluation_env, linear_schedule, load_hyperparams, plan_run
 from lagrl.cli import main
@@ -198,7 +199,12 @@ def test_ctrl_c_saves_the_model_flushes_tensorboard_and_exits_130(tmp_path):
     command = [sys.executable, "-u", "-m", "lagrl.cli", "train", "--algo", "ppo", "--env", "CartPole-v1"]
     command += ["--timesteps", "1000000", "--n-envs", "2", "--save", str(path), "--logdir", str(logdir)]
     process = subprocess.Popen(
-        [*command, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        [*command, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=default_sigint,
     )
     try:
         for line in process.stdout:

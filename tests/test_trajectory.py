@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import default_sigint
 from lagrl.fisher import DiagonalFisher, KroneckerFisher
 from lagrl.optim import MetricBlock
 from lagrl.trajectory import TAGS, LearningTrajectory, TrajectoryWriter
@@ -54,7 +55,9 @@ def test_ctrl_c_leaves_flushed_event_files(tmp_path):
                 time.sleep(0.001)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     assert process.stdout.readline().strip() == "ready"
     process.send_signal(signal.SIGINT)
     process.wait(timeout=30)

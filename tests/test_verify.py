@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import default_sigint
 from lagrl.bellman import policy_iteration
 from lagrl.cli import main
 from lagrl.envs.garnet import garnet_batch
@@ -167,7 +168,9 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_logs(tmp_path):
     """SIGINT to the command's own process group (a terminal's Ctrl-C) mid-run: exit 130 with a message, soon."""
     logdir = tmp_path / "runs"
     command = [sys.executable, "-m", "lagrl.cli", "verify", "--jobs", "2", "--logdir", str(logdir)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 60
         while not logdir.exists() and time.monotonic() < deadline:  # the writer opens after the workers fork
