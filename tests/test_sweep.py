@@ -77,11 +77,13 @@ def test_bad_experiment_sweep_files_are_refused_naming_the_key(change, named):
     assert named in str(caught.value)
 
 
-def test_the_packaged_cartpole_sweep_is_the_ppo_benchmarks_cartpole_slice():
+@pytest.mark.parametrize("name, env", [("agents_cartpole", "CartPole-v1"), ("agents_acrobot", "Acrobot-v1")])
+def test_the_packaged_slices_are_the_ppo_benchmarks_slices(name, env):
     from lagrl.agents.sweep_config import load_sweep
 
-    ppo = [t for t in load_sweep("agents_ppo").trials() if t.env == "CartPole-v1"]
-    assert load_sweep("agents_cartpole").trials() == ppo
+    full, part = load_sweep("agents_ppo"), load_sweep(name)
+    assert part.trials() == [t for t in full.trials() if t.env == env]
+    assert (part.threshold, part.eval_episodes) == ({env: full.threshold[env]}, full.eval_episodes)
 
 
 def test_the_packaged_exponent_sweep_is_the_experiments_grid():
