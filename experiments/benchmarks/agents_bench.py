@@ -37,7 +37,6 @@ finished without error), then summarises all of them: ``--seeds 5 --resume`` aft
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import multiprocessing
@@ -52,14 +51,19 @@ import torch
 import yaml
 from sb3_contrib import TRPO
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv
 
 from lagrl.agents import PRESETS
 from lagrl.agents.threshold import ThresholdWatch
-from lagrl.agents.training import META_KEYS, ConfigError, RunPlan, build_model, normalize_kwargs, plan_run
+from lagrl.agents.training import (
+    META_KEYS,
+    ConfigError,
+    RunPlan,
+    build_model,
+    evaluation_env,
+    normalize_kwargs,
+    plan_run,
+)
 from lagrl.atomic import atomic_open
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0}
@@ -177,19 +181,6 @@ def make_plan(env_id: str, algorithm: str, seed: int, overrides: dict[str, Any])
     return plan_run(family, env_id, overrides, preconditioner=name, seed=seed)
 
 
-def evaluation_env(model: BaseAlgorithm, env_id: str, seed: int) -> VecEnv:
-    """One env seeded apart from training; behind a frozen copy of the training VecNormalize where there is one."""
-    env = make_vec_env(env_id, n_envs=1, seed=EVALUATION_SEED + seed)
-    training = model.get_vec_normalize_env()
-    if training is None:
-        return env
-    frozen = copy.deepcopy(training)  # VecNormalize copies without its envs: the statistics only
-    frozen.set_venv(env)
-    frozen.training = False
-    frozen.norm_reward = False
-    return frozen
-
-
 def run(job: Job) -> Run:
     """One training run and its final evaluation; an exception is recorded in the result, not raised."""
     torch.set_num_threads(1)
@@ -200,9 +191,8 @@ def run(job: Job) -> Run:
         start = time.perf_counter()
         model.learn(job.budget, callback=watch)
         seconds = time.perf_counter() - start
-        mean, std = evaluate_policy(
-            model, evaluation_env(model, job.env, job.seed), n_eval_episodes=EVALUATION_EPISODES, deterministic=True
-        )
+        env = evaluation_env(model, EVALUATION_SEED + job.seed)  # seeded apart, behind the frozen statistics
+        mean, std = evaluate_policy(model, env, n_eval_episodes=EVALUATION_EPISODES, deterministic=True)
     except Exception as error:  # a preset that cannot run on an env is a result of the benchmark
         result.error = f"{type(error).__name__}: {error}"
         return result
