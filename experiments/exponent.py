@@ -34,13 +34,7 @@ def main() -> None:
         ]
         blocks.append(exponent.block(cells))
     exponent.plot(blocks, args.out / "exponent.png")
-    for block in blocks:
-        for row in block["rows"]:
-            print(
-                f"{block['task']:10} β2={row['beta2']:<6g} best ρ {row['best_rho']:g} "
-                f"(by test {row['best_rho_by_test']:g})  Adam − best {row['adam_minus_best']:.4f} nats"
-            )
-        print(f"{block['task']:10} ρ = 0 bit-identical across β2: {block['rho0_bit_identical_across_beta2']}")
+    print("\n".join(exponent.describe(blocks)))
     report = exponent.report(blocks, seeds, args.seed, args.quick, args.device)
     seconds = {"wall_seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu}
     numbers = report["numbers"] | seconds

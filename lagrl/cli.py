@@ -454,10 +454,7 @@ def _exponent_report(config: ExponentSweep, cells: list[dict], out: Path) -> Non
     exponent.plot(blocks, out / "exponent.png")
     report = exponent.report(blocks, list(config.seeds), config.tuning_seed, config.quick, config.device)
     _write_json_atomically(out / "exponent.json", report)
-    for model in blocks:
-        best = ", ".join(f"β2 {row['beta2']:g}: ρ {row['best_rho']:g}" for row in model["rows"])
-        identical = model["rho0_bit_identical_across_beta2"]
-        print(f"{model['task']}: best ρ {best}; ρ = 0 bit-identical across β2: {identical}")
+    print("\n".join(exponent.describe(blocks)))
     print(f"verdict: {report['verdict']} — {report['claim']}")
 
 

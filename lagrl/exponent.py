@@ -194,6 +194,19 @@ def settings(blocks: list[dict], seeds: list[int], tuning_seed: int) -> dict[str
     }
 
 
+def describe(blocks: list[dict]) -> list[str]:
+    """The lines a run prints: per model and β2 the best ρ and Adam's gap, and the ρ = 0 check."""
+    lines = []
+    for block in blocks:
+        for row in block["rows"]:
+            lines.append(
+                f"{block['task']:10} β2={row['beta2']:<6g} best ρ {row['best_rho']:g} "
+                f"(by test {row['best_rho_by_test']:g})  Adam − best {row['adam_minus_best']:.4f} nats"
+            )
+        lines.append(f"{block['task']:10} ρ = 0 bit-identical across β2: {block['rho0_bit_identical_across_beta2']}")
+    return lines
+
+
 def report(blocks: list[dict], seeds: list[int], tuning_seed: int, quick: bool, device: str) -> dict[str, Any]:
     """``exponent.json``'s content: ``claim``, ``verdict``, ``settings`` and ``numbers`` (the models' blocks)."""
     shared = {"quick": quick, "seed": tuning_seed, "device": device}
