@@ -77,7 +77,9 @@ def test_bad_experiment_sweep_files_are_refused_naming_the_key(change, named):
     assert named in str(caught.value)
 
 
-@pytest.mark.parametrize("name, env", [("agents_cartpole", "CartPole-v1"), ("agents_acrobot", "Acrobot-v1")])
+@pytest.mark.parametrize(
+    "name, env", [("agents_cartpole", "CartPole-v1"), ("agents_acrobot", "Acrobot-v1"), ("agents_pendulum", "Pendulum-v1")]
+)
 def test_the_packaged_slices_are_the_ppo_benchmarks_slices(name, env):
     from lagrl.agents.sweep_config import load_sweep
 
