@@ -224,22 +224,8 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _shared(config: SweepConfig | ExponentSweep, out: Path) -> dict[str, Any]:
-    """The settings every trial of the sweep gets beside its own."""
-    if isinstance(config, ExponentSweep):
-        return {
-            "out": str(out.resolve()),
-            "device": config.device,
-            "seeds": list(config.seeds),
-            "tuning_seed": config.tuning_seed,
-            "quick": config.quick,
-        }
-    return {
-        "out": str(out.resolve()),
-        "device": config.device,
-        "threshold": config.threshold,
-        "eval_episodes": config.eval_episodes,
-        "checkpoint_seconds": config.checkpoint_seconds,
-    }
+    """The settings every trial of the sweep gets beside its own: the config's, and where the sweep writes."""
+    return {"out": str(out.resolve()), **config.shared()}
 
 
 def _distribution(tune: Any, distribution: dict[str, list[Any]]) -> Any:
@@ -261,7 +247,7 @@ def experiments(config: SweepConfig | ExponentSweep, out: Path) -> list[Experime
     Optuna sampling ``search.trials`` settings of its space, a scheduler stopping poor ones on ``train_mean``."""
     tune = require_ray()
     shared = _shared(config, out)
-    if isinstance(config, ExponentSweep) or config.search is None:
+    if config.search is None:
         trials = tune.grid_search([asdict(spec) for spec in config.trials()])
         return [Experiment(EXPERIMENT, {"trial": trials, **shared}, {})]
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule

@@ -117,6 +117,15 @@ class SweepConfig:
     device: str
     search: SearchSpec | None
 
+    def shared(self) -> dict[str, Any]:
+        """The settings every trial gets beside its own :class:`TrialSpec`."""
+        return {
+            "device": self.device,
+            "threshold": self.threshold,
+            "eval_episodes": self.eval_episodes,
+            "checkpoint_seconds": self.checkpoint_seconds,
+        }
+
     def trials(self) -> list[TrialSpec]:
         """Every combination of the axes, in file order (the tabular agents once per seed and env)."""
         specs: dict[tuple[Any, ...], TrialSpec] = {}
@@ -156,6 +165,10 @@ class ExponentSweep:
     quick: bool
     device: str
     search: None = None
+
+    def shared(self) -> dict[str, Any]:
+        """The settings every cell gets beside its own :class:`ExponentCell`."""
+        return {"device": self.device, "seeds": list(self.seeds), "tuning_seed": self.tuning_seed, "quick": self.quick}
 
     def trials(self) -> list[ExponentCell]:
         from lagrl.exponent import BETA2S, RHOS
