@@ -78,14 +78,38 @@ def test_bad_experiment_sweep_files_are_refused_naming_the_key(change, named):
 
 
 @pytest.mark.parametrize(
-    "name, env", [("agents_cartpole", "CartPole-v1"), ("agents_acrobot", "Acrobot-v1"), ("agents_pendulum", "Pendulum-v1")]
+    "name, full, envs",
+    [
+        ("agents_cartpole", "agents_ppo", ["CartPole-v1"]),
+        ("agents_acrobot", "agents_ppo", ["Acrobot-v1"]),
+        ("agents_pendulum", "agents_ppo", ["Pendulum-v1"]),
+        ("agents_a2c_classic", "agents_a2c", ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"]),
+    ],
 )
-def test_the_packaged_slices_are_the_ppo_benchmarks_slices(name, env):
+def test_the_packaged_slices_are_the_benchmarks_slices(name, full, envs):
     from lagrl.agents.sweep_config import load_sweep
 
-    full, part = load_sweep("agents_ppo"), load_sweep(name)
-    assert part.trials() == [t for t in full.trials() if t.env == env]
-    assert (part.threshold, part.eval_episodes) == ({env: full.threshold[env]}, full.eval_episodes)
+    full, part = load_sweep(full), load_sweep(name)
+    assert part.trials() == [t for t in full.trials() if t.env in envs]
+    assert (part.threshold, part.eval_episodes) == ({env: full.threshold[env] for env in envs}, full.eval_episodes)
+
+
+def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slice():
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    rules, cartpole = load_sweep("step_rules"), load_sweep("agents_cartpole")
+    assert [t for t in rules.trials() if t.preset in ("adam", "fisher-sqrt", "natural")] == cartpole.trials()
+    assert (rules.threshold, rules.eval_episodes) == (cartpole.threshold, cartpole.eval_episodes)
+    variants = [resolve(t.preconditioner) for t in rules.trials() if isinstance(t.preconditioner, dict)]
+    expected = [
+        replace(resolve(preset), **change)
+        for preset in ("fisher-sqrt", "natural")
+        for change in ({"step_rule": "graft"}, {"kl_target": 0.03})
+    ]
+    assert sorted(map(repr, set(variants))) == sorted(map(repr, expected))
 
 
 def test_the_packaged_exponent_sweep_is_the_experiments_grid():
