@@ -4,11 +4,15 @@ The trials: ``LagrangianPPO(preconditioner="adam")`` (numerically SB3's PPO) on 
 zoo settings, ``--trials`` seeds of ``--timesteps`` steps each, a deterministic 10-episode evaluation after
 each; every trial writes its TensorBoard logs. Sequential: in this process, one torch thread, each trial
 built, trained and evaluated in turn (the anchor). Sweep: :func:`lagrl.agents.sweep.run_sweep` on a local Ray
-started here (its start-up timed apart), one CPU and one torch thread per trial. Printed: both wall times,
-their ratio (target ≤ 0.6 on 2 cores), and Ray's overhead per trial, ``(cores · T_sweep − Σ T_sequential) /
-trials``: the core-seconds a trial costs in Ray beyond what the same trial costs in-process (target ≤ 1 s). A
-shared host's speed drifts by more than that between runs, so the two sides are run ``--repeats`` times,
-alternated, and the medians printed with their range.
+started here (its start-up timed apart), one CPU and one torch thread per trial. Pool: the same trials in a
+``concurrent.futures.ProcessPoolExecutor`` of one spawned process per core (one torch thread each; its workers'
+start and imports timed, as Ray's are) — parallel, without Ray. Printed: the wall times, the sweep's ratio to
+sequential (target ≤ 0.6 on 2 cores), and two overheads per trial in core-seconds: ``(cores · T_sweep − Σ
+T_sequential) / trials``, what a trial costs in the sweep beyond the same trial in-process (Ray's share plus
+whatever running ``cores`` trials at once costs the machine: shared caches, memory bandwidth, the host), and
+``cores · (T_sweep − T_pool) / trials``, what it costs beyond the same trial in a plain process pool — Ray's own
+share (target ≤ 1 s). A shared host's speed drifts by more than that between runs, so the three sides are run
+``--repeats`` times, alternated, and the medians printed with their range.
 Needs the ``sweep`` extra.
 
     python experiments/benchmarks/sweep_bench.py [--trials 8] [--timesteps 20000] [--repeats 3] [--json out.json]
@@ -17,7 +21,9 @@ Needs the ``sweep`` extra.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -45,6 +51,21 @@ def sequential(seeds: list[int], timesteps: int, logs: Path) -> list[float]:
         evaluate(model, evaluation_env(model, EVALUATION_SEED + seed), EPISODES, deterministic=True)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def _pool_trial(seed: int, timesteps: int, logs: str) -> float:
+    return sequential([seed], timesteps, Path(logs))[0]
+
+
+def pooled(seeds: list[int], timesteps: int, cores: int) -> float:
+    """Wall seconds of the trials in a pool of ``cores`` spawned processes, one torch thread each (start included)."""
+    with tempfile.TemporaryDirectory() as logs:
+        start = time.perf_counter()
+        context = multiprocessing.get_context("spawn")  # fresh interpreters that import torch and SB3, as Ray's workers
+        with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context, initializer=torch.set_num_threads,
+                                                    initargs=(1,)) as pool:  # fmt: skip
+            list(pool.map(_pool_trial, seeds, [timesteps] * len(seeds), [logs] * len(seeds)))
+        return time.perf_counter() - start
 
 
 def swept(config, cores: int) -> tuple[float, float]:
@@ -83,14 +104,18 @@ def main() -> None:
     for repeat in range(args.repeats):  # alternated, so that a slower spell of a shared host hits both sides
         with tempfile.TemporaryDirectory() as logs:
             total = sum(sequential(seeds, args.timesteps, Path(logs)))
+        pool = pooled(seeds, args.timesteps, cores)
         startup, seconds = swept(config, cores)
         pair = {
             "sequential_seconds": total,
+            "pool_seconds": pool,
             "sweep_seconds": seconds,
             "ray_startup_seconds": startup,
             "ratio": seconds / total,
             "ratio_with_startup": (seconds + startup) / total,
+            "pool_ratio": pool / total,
             "overhead_per_trial_seconds": (cores * seconds - total) / args.trials,
+            "ray_overhead_per_trial_seconds": cores * (seconds - pool) / args.trials,
         }
         pairs.append(pair)
         print(f"repeat {repeat + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in pair.items()))
@@ -102,13 +127,17 @@ def main() -> None:
     print(f"{args.trials} trials × {args.timesteps} CartPole-v1 steps (PPO, zoo settings), {cores} cores")
     print(f"medians of {args.repeats} alternated pairs (min–max):")
     print(f"sequential, one process: {sequential_seconds:7.1f} s  ({sequential_seconds / args.trials:.1f} s per trial)")
+    print(f"process pool, no Ray:    {figures['pool_seconds']:7.1f} s  (ratio {figures['pool_ratio']:.2f})")
     print(f"lagrl sweep on Ray:      {sweep_seconds:7.1f} s  (+ {figures['ray_startup_seconds']:.1f} s to start Ray)")
     print(
         f"ratio {figures['ratio']:.2f} ({low['ratio']:.2f}–{high['ratio']:.2f}; "
         f"{figures['ratio_with_startup']:.2f} with Ray's start-up); target ≤ 0.6"
     )
-    key = "overhead_per_trial_seconds"
-    print(f"Ray overhead per trial: {figures[key]:.2f} core-seconds ({low[key]:.2f}–{high[key]:.2f}); target ≤ 1 s")
+    for key, what in (
+        ("overhead_per_trial_seconds", "beyond in-process"),
+        ("ray_overhead_per_trial_seconds", "beyond the process pool; target ≤ 1 s"),
+    ):
+        print(f"overhead per trial, {what}: {figures[key]:.2f} core-seconds ({low[key]:.2f}–{high[key]:.2f})")
     if args.json:
         with atomic_open(args.json) as handle:
             json.dump(figures, handle, indent=2)
