@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--timesteps", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3, help="sequential/sweep pairs, alternated; medians printed")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of sequential, pool, sweep (alternated)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -100,13 +100,13 @@ def main() -> None:
          "timesteps": args.timesteps, "eval_episodes": EPISODES}
     )  # fmt: skip
     cores = os.cpu_count() or 1
-    pairs = []
-    for repeat in range(args.repeats):  # alternated, so that a slower spell of a shared host hits both sides
+    rounds = []
+    for repeat in range(args.repeats):  # alternated, so that a slower spell of a shared host hits every side
         with tempfile.TemporaryDirectory() as logs:
             total = sum(sequential(seeds, args.timesteps, Path(logs)))
         pool = pooled(seeds, args.timesteps, cores)
         startup, seconds = swept(config, cores)
-        pair = {
+        figures_of_round = {
             "sequential_seconds": total,
             "pool_seconds": pool,
             "sweep_seconds": seconds,
@@ -117,15 +117,15 @@ def main() -> None:
             "overhead_per_trial_seconds": (cores * seconds - total) / args.trials,
             "ray_overhead_per_trial_seconds": cores * (seconds - pool) / args.trials,
         }
-        pairs.append(pair)
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in pair.items()))
-    figures = {"trials": args.trials, "timesteps": args.timesteps, "cores": cores, "repeats": pairs}
-    figures |= {key: statistics.median(pair[key] for pair in pairs) for key in pairs[0]}
-    low = {key: min(pair[key] for pair in pairs) for key in pairs[0]}
-    high = {key: max(pair[key] for pair in pairs) for key in pairs[0]}
+        rounds.append(figures_of_round)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in figures_of_round.items()))
+    figures = {"trials": args.trials, "timesteps": args.timesteps, "cores": cores, "repeats": rounds}
+    figures |= {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    low = {key: min(r[key] for r in rounds) for key in rounds[0]}
+    high = {key: max(r[key] for r in rounds) for key in rounds[0]}
     sequential_seconds, sweep_seconds = figures["sequential_seconds"], figures["sweep_seconds"]
     print(f"{args.trials} trials × {args.timesteps} CartPole-v1 steps (PPO, zoo settings), {cores} cores")
-    print(f"medians of {args.repeats} alternated pairs (min–max):")
+    print(f"medians of {args.repeats} alternated rounds (min–max):")
     print(f"sequential, one process: {sequential_seconds:7.1f} s  ({sequential_seconds / args.trials:.1f} s per trial)")
     print(f"process pool, no Ray:    {figures['pool_seconds']:7.1f} s  (ratio {figures['pool_ratio']:.2f})")
     print(f"lagrl sweep on Ray:      {sweep_seconds:7.1f} s  (+ {figures['ray_startup_seconds']:.1f} s to start Ray)")
