@@ -78,19 +78,20 @@ def test_bad_experiment_sweep_files_are_refused_naming_the_key(change, named):
 
 
 @pytest.mark.parametrize(
-    "name, full, envs",
+    "name, full, envs, seeds",
     [
-        ("agents_cartpole", "agents_ppo", ["CartPole-v1"]),
-        ("agents_acrobot", "agents_ppo", ["Acrobot-v1"]),
-        ("agents_pendulum", "agents_ppo", ["Pendulum-v1"]),
-        ("agents_a2c_classic", "agents_a2c", ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"]),
+        ("agents_cartpole", "agents_ppo", ["CartPole-v1"], range(5)),
+        ("agents_acrobot", "agents_ppo", ["Acrobot-v1"], range(5)),
+        ("agents_pendulum", "agents_ppo", ["Pendulum-v1"], range(5)),
+        ("agents_lunarlander", "agents_ppo", ["LunarLander-v3"], range(3)),
+        ("agents_a2c_classic", "agents_a2c", ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"], range(5)),
     ],
 )
-def test_the_packaged_slices_are_the_benchmarks_slices(name, full, envs):
+def test_the_packaged_slices_are_the_benchmarks_slices(name, full, envs, seeds):
     from lagrl.agents.sweep_config import load_sweep
 
     full, part = load_sweep(full), load_sweep(name)
-    assert part.trials() == [t for t in full.trials() if t.env in envs]
+    assert part.trials() == [t for t in full.trials() if t.env in envs and t.seed in seeds]
     assert (part.threshold, part.eval_episodes) == ({env: full.threshold[env] for env in envs}, full.eval_episodes)
 
 
@@ -110,6 +111,27 @@ def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slic
         for change in ({"step_rule": "graft"}, {"kl_target": 0.03})
     ]
     assert sorted(map(repr, set(variants))) == sorted(map(repr, expected))
+
+
+def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_pendulum_slices():
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    control = load_sweep("kl_control")
+    slices = [t for name in ("agents_acrobot", "agents_pendulum") for t in load_sweep(name).trials()]
+    assert sorted(map(repr, (t for t in control.trials() if t.preset == "adam"))) == sorted(
+        map(repr, (t for t in slices if t.preset == "adam"))
+    )
+    for preset in ("fisher-sqrt", "natural"):
+        variant = replace(resolve(preset), kl_target=0.03)
+        variants = [t for t in control.trials() if isinstance(t.preconditioner, dict)]
+        runs = [t for t in variants if resolve(t.preconditioner) == variant]
+        assert [(t.env, t.seed, t.timesteps) for t in runs] == [
+            (t.env, t.seed, t.timesteps) for t in slices if t.preset == preset
+        ]
+    assert control.threshold == {"Acrobot-v1": -100, "Pendulum-v1": -200}
 
 
 def test_the_packaged_exponent_sweep_is_the_experiments_grid():
