@@ -225,6 +225,7 @@ def plot_curves(estimates: dict[str, dict[str, Any]], thresholds: dict[str, floa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     figure, axes = plt.subplots(1, len(estimates), figsize=(5.5 * len(estimates), 4), squeeze=False)
     for axis, (env, methods) in zip(axes[0], estimates.items()):
@@ -235,6 +236,7 @@ def plot_curves(estimates: dict[str, dict[str, Any]], thresholds: dict[str, floa
             axis.axhline(thresholds[env], color="black", linestyle="--", linewidth=1, label="threshold")
         axis.set_title(f"{env}: IQM over seeds, {CONFIDENCE:.0%} bootstrap band", fontsize="medium")
         axis.set_xlabel("environment steps")
+        axis.xaxis.set_major_formatter(EngFormatter())  # 200k, not 200000 (full numbers ran into each other)
         axis.set_ylabel("training return (mean of last 100 episodes)")
         axis.legend(fontsize="small")
     figure.tight_layout()
