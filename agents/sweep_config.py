@@ -209,10 +209,11 @@ def packaged_sweeps() -> list[str]:
 
 
 def load_sweep(path: str | Path) -> SweepConfig | ExponentSweep:
-    """Read and check a sweep file (see the module docstring); a name of :func:`packaged_sweeps` (a path that does
-    not exist) reads the packaged file."""
+    """Read and check a sweep file (see the module docstring); a name of :func:`packaged_sweeps` that is not a file
+    here reads the packaged file (a directory of that name, such as the sweep's own ``--out`` when the command
+    runs from its parent, does not hide it)."""
     path = Path(path)
-    if not path.exists() and str(path) in packaged_sweeps():
+    if not path.is_file() and str(path) in packaged_sweeps():
         path = Path(str(files("lagrl.agents").joinpath("sweeps", f"{path}.yml")))
     try:
         raw = yaml.safe_load(path.read_text())

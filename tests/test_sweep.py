@@ -134,6 +134,20 @@ def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_
     assert control.threshold == {"Acrobot-v1": -100, "Pendulum-v1": -200}
 
 
+def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
+    from lagrl.agents.sweep_config import load_sweep
+
+    # `lagrl sweep agents_cartpole --out agents_cartpole --resume`, run from the out directory's parent
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "agents_cartpole").mkdir()
+    assert load_sweep("agents_cartpole").trials() == [
+        t for t in load_sweep("agents_ppo").trials() if t.env == "CartPole-v1"
+    ]
+    (tmp_path / "mine.yml").mkdir()
+    with pytest.raises(ConfigError, match="cannot read the sweep file mine.yml"):
+        load_sweep("mine.yml")
+
+
 def test_the_packaged_exponent_sweep_is_the_experiments_grid():
     from lagrl import exponent
     from lagrl.agents.sweep_config import load_sweep
