@@ -124,9 +124,9 @@ def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_
     assert sorted(map(repr, (t for t in control.trials() if t.preset == "adam"))) == sorted(
         map(repr, (t for t in slices if t.preset == "adam"))
     )
+    variants = [t for t in control.trials() if isinstance(t.preconditioner, dict)]
     for preset in ("fisher-sqrt", "natural"):
         variant = replace(resolve(preset), kl_target=0.03)
-        variants = [t for t in control.trials() if isinstance(t.preconditioner, dict)]
         runs = [t for t in variants if resolve(t.preconditioner) == variant]
         assert [(t.env, t.seed, t.timesteps) for t in runs] == [
             (t.env, t.seed, t.timesteps) for t in slices if t.preset == preset
