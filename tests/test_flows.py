@@ -61,6 +61,7 @@ def recorded_numbers(mdp: TabularMDP, values, reference, mu) -> dict[str, float]
 
 def assert_history_shape(result: FlowResult, keys: set[str]) -> None:
     assert set(result.history) == keys
+    assert result.points == list(range(result.iterations + 1))
     assert all(len(series) == result.iterations + 1 for series in result.history.values())
 
 
@@ -182,6 +183,36 @@ def test_lp_saddle_duality_gap_decreases(frozen_lake, device):
     violation = max(0.0, float((tabular_hamiltonian(mdp, result.values) - result.values[:, None]).max()))
     lower = float(mu @ policy_evaluation(mdp, result.policy))
     assert last["duality_gap"] == pytest.approx(float(mu @ result.values) + violation / 0.01 - lower, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        lambda mdp, reference, **kw: lp_saddle(mdp, reference, steps=803, **kw),
+        lambda mdp, reference, **kw: policy_gradient(mdp, reference, method="adam", steps=503, **kw),
+    ],
+    ids=["lp-saddle", "adam"],
+)
+def test_record_every_subsamples_the_full_record(frozen_lake, flow):
+    """``record_every=n`` records the full run's points ``0, n, 2n, …`` and the last, and nothing else changes:
+    the same iterates, the same first greedy-optimal step (checked at every step), the callback at those points."""
+    reference = optimum(frozen_lake)
+    full = flow(frozen_lake, reference)
+    seen: list[int] = []
+    sparse = flow(frozen_lake, reference, record_every=10, callback=lambda k, scalars: seen.append(k))
+    assert full.greedy_optimal_at is not None and sparse.greedy_optimal_at == full.greedy_optimal_at
+    assert torch.equal(sparse.values, full.values) and torch.equal(sparse.policy, full.policy)
+    assert sparse.iterations == full.iterations and sparse.settings["record_every"] == 10
+    assert sparse.points == seen == [*range(0, full.iterations + 1, 10), full.iterations]
+    assert set(sparse.history) == set(full.history)
+    for name, series in sparse.history.items():
+        assert series == [full.history[name][k] for k in sparse.points], name
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, True])
+def test_record_every_must_be_a_positive_integer(frozen_lake, every):
+    with pytest.raises(ValueError, match="record_every"):
+        lp_saddle(frozen_lake, optimum(frozen_lake), steps=5, record_every=every)
 
 
 @pytest.mark.parametrize("method", ["fisher-sqrt", "npg"])

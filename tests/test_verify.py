@@ -23,6 +23,12 @@ JSON_KEYS = {"task", "method", "kind", "max_abs_dv", "policy_agreement", "iterat
 FLOW_SCALARS = {"bellman_residual", "value_error", "hamiltonian"}
 
 
+def recorded_steps(row: dict) -> list[int]:
+    """The steps a flow row's trajectory holds: every ``record_every``-th (1 where unset) and the last."""
+    every, last = row["settings"].get("record_every", 1), row["iterations"]
+    return sorted({*range(0, last + 1, every), last})
+
+
 def test_frozenlake_verifies_with_json_rows_and_trajectories(tmp_path, capsys):
     rows_path, logdir = tmp_path / "rows.json", tmp_path / "runs"
     assert main(["verify", "--env", "FrozenLake-v1", "--json", str(rows_path), "--logdir", str(logdir)]) == 0
@@ -43,7 +49,7 @@ def test_frozenlake_verifies_with_json_rows_and_trajectories(tmp_path, capsys):
     assert any(tag.endswith("/policy_entropy") for tag in tags)
     npg = accumulator.Scalars("FrozenLake-v1/npg/value_error")
     recorded = next(row for row in rows if row["method"] == "npg")
-    assert len(npg) == recorded["iterations"] + 1
+    assert [event.step for event in npg] == recorded_steps(recorded)
     assert npg[-1].value == pytest.approx(recorded["max_abs_dv"], rel=1e-6, abs=1e-12)
 
 
@@ -106,7 +112,8 @@ def test_worker_processes_give_the_rows_and_trajectories_of_one_process(tmp_path
     for row in json.loads(parallel.read_text()):
         if row["kind"] == "flow":
             assert f"{row['task']}/{row['method']}/value_error" in tags
-            assert len(accumulator.Scalars(f"{row['task']}/{row['method']}/value_error")) == row["iterations"] + 1
+            scalars = accumulator.Scalars(f"{row['task']}/{row['method']}/value_error")
+            assert [event.step for event in scalars] == recorded_steps(row)
 
 
 def test_batch_verifies_every_member_against_an_independent_solver(tmp_path, capsys):
