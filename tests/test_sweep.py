@@ -85,6 +85,7 @@ def test_bad_experiment_sweep_files_are_refused_naming_the_key(change, named):
         ("agents_pendulum", "agents_ppo", ["Pendulum-v1"], range(5)),
         ("agents_lunarlander", "agents_ppo", ["LunarLander-v3"], range(3)),
         ("agents_a2c_classic", "agents_a2c", ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"], range(5)),
+        ("agents_a2c_lunarlander", "agents_a2c", ["LunarLander-v3"], range(5)),
     ],
 )
 def test_the_packaged_slices_are_the_benchmarks_slices(name, full, envs, seeds):
