@@ -10,7 +10,9 @@ reports a deterministic evaluation. Under ``DIR``:
 
 - ``tune/`` — Ray Tune's experiment (its state, each trial's ``progress.csv`` and checkpoints): ``--resume``
   restores it (``Tuner.restore``) and runs only what did not finish; a trial whose worker dies is retried from
-  its last checkpoint (``FailureConfig(max_failures=MAX_FAILURES)``);
+  its last checkpoint (``FailureConfig(max_failures=MAX_FAILURES)``). A restored trial goes on from the saved
+  model, optimizer and threshold watch with fresh environments and random state (SB3 saves neither), so it is
+  not bit-identical to the uninterrupted run; its ``attempts`` is above 1;
 - ``trials/<trial>/`` — the trial's TensorBoard logs (SB3's and lagrl's tags, flushed at every report) and
   its final model ``model.zip``;
 - ``trials.csv``, ``summary.json``, ``summary.md`` and the plots of :mod:`lagrl.agents.sweep_summary`.
