@@ -393,7 +393,7 @@ def value_scale(values: Tensor) -> float:
 class _Recorder:
     """History, callback and the first greedy-optimal point of one flow.
 
-    Points ``k`` with ``k % every == 0`` and ``k == last`` are recorded; the greedy check runs at every ``k``.
+    Points ``k`` with ``k % every == 0``, and ``k == last``, are recorded; the greedy check runs at every ``k``.
     """
 
     def __init__(
