@@ -52,19 +52,14 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     args = parser.parse_args()
     seconds = measured_seconds(args.folders)
-    durations: list[float] = []
-    missing: set[Group] = set()
-    for name in args.sweeps:
-        for trial in load_sweep(name).trials():
-            group = (trial.env, trial.algo, trial.preset)
-            if group in seconds:
-                durations.append(statistics.median(seconds[group]))
-            else:
-                missing.add(group)
+    medians = {group: statistics.median(values) for group, values in seconds.items()}
+    groups = [(t.env, t.algo, t.preset) for name in args.sweeps for t in load_sweep(name).trials()]
+    missing = sorted(set(groups) - medians.keys())
     if missing:
-        raise SystemExit(f"no measured trial for {sorted(missing)}: add the folder of a sweep that ran them")
+        raise SystemExit(f"no measured trial for {missing}: add the folder of a sweep that ran them")
+    durations = [medians[group] for group in groups]
     for group, values in sorted(seconds.items()):
-        print(f"{' / '.join(group):40} {len(values):3d} measured, median {statistics.median(values):7.0f} s")
+        print(f"{' / '.join(group):40} {len(values):3d} measured, median {medians[group]:7.0f} s")
     total = sum(durations)
     print(
         f"{len(durations)} trials: {total / 3600:.1f} core-hours; one {args.cores}-core machine "

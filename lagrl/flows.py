@@ -390,6 +390,12 @@ def value_scale(values: Tensor) -> float:
     return max(1.0, float(values.abs().amax()))
 
 
+def _at_fixed_point(values: Tensor, q: Tensor, scale: float) -> bool:
+    """``‖max_a H(·, a; V) − V‖∞ ≤ GREEDY_OPTIMALITY_TOLERANCE·scale`` with ``q = H(·, ·; V)``: ``V`` is Bellman's
+    fixed point."""
+    return float((q.amax(-1) - values).abs().amax()) <= GREEDY_OPTIMALITY_TOLERANCE * scale
+
+
 class _Recorder:
     """History, callback and the first greedy-optimal point of one flow.
 
@@ -446,8 +452,7 @@ class _Recorder:
             return False
         self._checked = greedy
         values = self.model.evaluate(self.model.mdp.policy_probabilities(greedy))
-        residual = float((values - self.model.hamiltonian(values).amax(-1)).abs().amax())
-        return residual <= GREEDY_OPTIMALITY_TOLERANCE * self.scale
+        return _at_fixed_point(values, self.model.hamiltonian(values), self.scale)
 
     def result(self, method: str, values: Tensor, policy: Tensor, settings: dict[str, Any]) -> FlowResult:
         return FlowResult(
@@ -714,11 +719,6 @@ def _proximal_step(
     return values, multipliers.view_as(dual), iteration
 
 
-def _at_fixed_point(values: Tensor, q: Tensor, scale: float) -> bool:
-    """``‖max_a H(·, a; V) − V‖∞ ≤ GREEDY_OPTIMALITY_TOLERANCE·scale``: ``V`` is Bellman's fixed point."""
-    return float((q.amax(-1) - values).abs().amax()) <= GREEDY_OPTIMALITY_TOLERANCE * scale
-
-
 def policy_gradient(
     mdp: TabularMDP,
     reference: Tensor,
@@ -799,7 +799,8 @@ def policy_gradient(
         if tau != 0:
             values = model.evaluate(state.policy, system)
             q = model.hamiltonian(values)
-        record(k, values, q, state.policy, policy_entropy=_policy_entropy(visitation, state.policy))
+        extra = {"policy_entropy": _policy_entropy(visitation, state.policy)} if record.due(k) else {}
+        record(k, values, q, state.policy, **extra)
         if k == steps:
             break
         if energy is not None and _at_fixed_point(values, q, record.scale):
