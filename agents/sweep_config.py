@@ -2,7 +2,7 @@
 
 A sweep file names, for each key, one value or a list (a list is a grid axis; every combination is a trial)::
 
-    algo: ppo                                # ppo | a2c | q | planner, or a list
+    algo: ppo                                # ppo | a2c | trpo | q | planner, or a list
     env: [CartPole-v1]
     preconditioner: [adam, fisher-sqrt]      # presets or PreconditionerConfig dicts (ppo and a2c only)
     seeds: [0, 1]
@@ -16,11 +16,11 @@ A sweep file names, for each key, one value or a list (a list is a grid axis; ev
 ``algo``, ``env``, ``preconditioner`` and ``seeds`` may be lists; ``timesteps``, ``hyperparams``, ``threshold``,
 ``eval_episodes``, ``checkpoint_seconds`` and ``device`` are one value each (``timesteps`` may map envs to
 budgets; an env it leaves out, or no ``timesteps`` at all, trains for the package YAML's ``n_timesteps``;
-``checkpoint_seconds`` 0 checkpoints at every report). The tabular agents (``q``,
-``planner``) take no preconditioner: with them the ``preconditioner`` axis does not apply and their trials have
-``preconditioner: null``. ``hyperparams`` apply to every algorithm of the grid (a key an agent does not take is
-refused, naming it). An optional ``search`` block turns the grid's hyperparameters into a search (see
-:class:`SearchSpec`). A file with the key ``experiment`` runs an experiment's cells instead of training runs
+``checkpoint_seconds`` 0 checkpoints at every report). sb3-contrib's TRPO (``trpo``, the bench extra) and the
+tabular agents (``q``, ``planner``) take no preconditioner: with them the ``preconditioner`` axis does not apply
+and their trials have ``preconditioner: null``. ``hyperparams`` apply to every algorithm of the grid (a key an
+agent does not take is refused, naming it). An optional ``search`` block turns the grid's hyperparameters into a
+search (see :class:`SearchSpec`). A file with the key ``experiment`` runs an experiment's cells instead of training runs
 (:class:`ExponentSweep`). :func:`load_sweep` refuses an unknown key, an unknown env or algorithm, an empty axis and
 a bad threshold with a :class:`~lagrl.agents.training.ConfigError` that names the key.
 """
@@ -39,7 +39,7 @@ import gymnasium
 import yaml
 
 from lagrl.agents.preconditioners import resolve
-from lagrl.agents.training import ALGOS, TABULAR, ConfigError, plan_run
+from lagrl.agents.training import ALGOS, PRECONDITIONED, ConfigError, plan_run
 
 AXES = ("algo", "env", "preconditioner", "seeds")
 SCALARS = ("timesteps", "hyperparams", "threshold", "eval_episodes", "checkpoint_seconds", "device", "search")
@@ -72,7 +72,7 @@ class TrialSpec:
 
     @property
     def preset(self) -> str:
-        """The preconditioner as a short label (a dict by its keys and values; ``-`` for the tabular agents)."""
+        """The preconditioner as a short label (a dict by its keys and values; ``-`` for trpo and the tabular ones)."""
         if self.preconditioner is None:
             return "-"
         if isinstance(self.preconditioner, str):
@@ -127,10 +127,10 @@ class SweepConfig:
         }
 
     def trials(self) -> list[TrialSpec]:
-        """Every combination of the axes, in file order (the tabular agents once per seed and env)."""
+        """Every combination of the axes, in file order (trpo and the tabular agents once per seed and env)."""
         specs: dict[tuple[Any, ...], TrialSpec] = {}
         for algo, env, preconditioner, seed in itertools.product(self.algo, self.env, self.preconditioner, self.seeds):
-            applied = None if algo in TABULAR else preconditioner
+            applied = preconditioner if algo in PRECONDITIONED else None
             spec = TrialSpec(algo, env, applied, seed, self.timesteps.get(env), dict(self.hyperparams))
             specs.setdefault((algo, env, spec.preset, seed), spec)
         return list(specs.values())

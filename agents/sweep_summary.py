@@ -213,7 +213,7 @@ def curve_estimates(
             continue
         grid = numpy.linspace(max(p[0, 0] for p in points), min(p[-1, 0] for p in points), CURVE_POINTS)
         scores = numpy.stack([numpy.interp(grid, p[:, 0], p[:, 1]) for p in points])[:, None, :]  # (runs, 1, T)
-        name = f"{algo}:{preconditioner}"
+        name = algo if preconditioner == "-" else f"{algo}:{preconditioner}"  # "-": no preconditioner (trpo, q)
         point, interval = _bootstrap(library, {name: scores}, iqm_along_steps, reps, seed)
         estimates.setdefault(env, {})[name] = {"steps": grid, "iqm": point[name], "band": interval[name]}
     return estimates

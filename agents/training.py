@@ -35,8 +35,10 @@ import lagrl.envs  # noqa: F401  (registers the lagrl/ environments)
 from lagrl.agents.on_policy import LagrangianA2C, LagrangianPPO
 from lagrl.atomic import atomic_open
 
-ALGOS = ("ppo", "a2c", "q", "planner")
+ALGOS = ("ppo", "a2c", "trpo", "q", "planner")
+PRECONDITIONED = ("ppo", "a2c")  # the agents that take a ``preconditioner`` (LagrangianPPO, LagrangianA2C)
 TABULAR = ("q", "planner")
+CONTRIB = "pip install -c constraints.txt -e '.[bench]'"  # sb3-contrib, for --algo trpo
 META_KEYS = ("n_envs", "n_timesteps", "normalize", "env_kwargs")
 SET_BY_LAGRL = ("env", "seed", "device", "tensorboard_log", "_init_setup_model")  # not hyperparameters
 DEFAULT_TIMESTEPS = 100_000
@@ -68,11 +70,17 @@ class RunPlan:
 
 
 def agent_class(algo: str) -> type[BaseAlgorithm]:
-    """The agent class of ``--algo`` (the tabular agents are imported only when asked for)."""
+    """The agent class of ``--algo`` (sb3-contrib's TRPO and the tabular agents are imported only when asked for)."""
     if algo == "ppo":
         return LagrangianPPO
     if algo == "a2c":
         return LagrangianA2C
+    if algo == "trpo":
+        try:
+            from sb3_contrib import TRPO
+        except ImportError:
+            raise ConfigError(f"--algo trpo is sb3-contrib's TRPO, which is not installed: {CONTRIB}") from None
+        return TRPO
     try:
         from lagrl.agents.tabular import BellmanPlanner, LagrangianQLearning
     except ImportError as error:

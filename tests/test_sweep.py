@@ -159,14 +159,16 @@ def test_the_packaged_exponent_sweep_is_the_experiments_grid():
     assert (config.seeds, config.tuning_seed, config.quick) == ((1, 2, 3), 0, False)
 
 
-def test_the_grid_is_the_product_of_the_axes_and_tabular_agents_take_no_preconditioner():
+def test_the_grid_is_the_product_of_the_axes_and_trpo_and_tabular_agents_take_no_preconditioner():
+    algos = ["ppo", "q", "trpo"]
     config = parse_sweep(
-        {**BASE, "algo": ["ppo", "q"], "env": ["FrozenLake-v1"], "preconditioner": ["adam", "natural"], "seeds": [0, 1]}
+        {**BASE, "algo": algos, "env": ["FrozenLake-v1"], "preconditioner": ["adam", "natural"], "seeds": [0, 1]}
     )
     trials = config.trials()
     ppo = {(t.preconditioner, t.seed) for t in trials if t.algo == "ppo"}
     assert ppo == {("adam", 0), ("adam", 1), ("natural", 0), ("natural", 1)}
-    assert [(t.preconditioner, t.seed) for t in trials if t.algo == "q"] == [(None, 0), (None, 1)]
+    for algo in ("q", "trpo"):
+        assert [(t.preconditioner, t.seed) for t in trials if t.algo == algo] == [(None, 0), (None, 1)]
 
 
 def test_the_cli_refuses_a_bad_file_before_starting_ray(tmp_path, capsys):
@@ -177,7 +179,7 @@ def test_the_cli_refuses_a_bad_file_before_starting_ray(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", ["agents_ppo", "agents_a2c"])
+@pytest.mark.parametrize("name", ["agents_ppo", "agents_a2c", "agents_trpo"])
 def test_the_packaged_benchmark_sweeps_are_the_benchmark_grid(name):
     from lagrl.agents.sweep_config import load_sweep, packaged_sweeps
 

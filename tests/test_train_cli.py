@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import default_sigint
@@ -233,3 +234,32 @@ def test_tabular_agents_train_and_reject_other_envs(tmp_path, capsys):
         assert "needs Discrete observation and action spaces" in capsys.readouterr().err
         assert main([*argv, "--save", str(tmp_path / "x"), "--preconditioner", "adam"]) == 2
         assert f"--preconditioner does not apply to --algo {algo}" in capsys.readouterr().err
+
+
+def test_trpo_is_sb3_contribs_trpo_at_the_zoos_settings(tmp_path, capsys):
+    contrib = pytest.importorskip("sb3_contrib")
+    argv = ["train", "--algo", "trpo", "--env", "CartPole-v1", "--timesteps", "2048", "--seed", "3", "--no-progress"]
+    assert main([*argv, "--save", str(tmp_path / "trpo")]) == 0, capsys.readouterr().err
+    assert "hyperparams/trpo.yml: CartPole-v1" in capsys.readouterr().out
+    # the reference: sb3-contrib's TRPO built by hand with rl-baselines3-zoo's CartPole-v1 entry of trpo.yml
+    zoo = dict(n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99, learning_rate=1e-3)
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=3)
+    reference = contrib.TRPO("MlpPolicy", env, n_critic_updates=20, seed=3, device="cpu", **zoo).learn(2048)
+    model = contrib.TRPO.load(tmp_path / "trpo.zip", device="cpu")
+    assert model.num_timesteps == reference.num_timesteps == 2048
+    for name, value in reference.policy.state_dict().items():
+        assert torch.equal(model.policy.state_dict()[name], value), name  # the same run, bit for bit
+    assert main(["evaluate", str(tmp_path / "trpo"), "--episodes", "2"]) == 0
+    assert "TRPO on CartPole-v1: return" in capsys.readouterr().out
+    assert main([*argv, "--save", str(tmp_path / "x"), "--preconditioner", "natural"]) == 2
+    assert "--preconditioner does not apply to --algo trpo (TRPO)" in capsys.readouterr().err
+
+
+def test_trpo_without_sb3_contrib_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sb3_contrib", None)  # import sb3_contrib raises ImportError
+    argv = ["train", "--algo", "trpo", "--env", "CartPole-v1", "--save", str(tmp_path / "m"), "--no-progress"]
+    assert main(argv) == 2
+    assert "sb3-contrib's TRPO, which is not installed: pip install -c constraints.txt -e '.[bench]'" in (
+        capsys.readouterr().err
+    )
+    assert not list(tmp_path.iterdir())

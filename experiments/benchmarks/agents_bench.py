@@ -3,8 +3,8 @@
 Envs CartPole-v1, Acrobot-v1, LunarLander-v3 and Pendulum-v1; every algorithm at rl-baselines3-zoo's settings
 for the env: SB3's ``PPO`` and ``LagrangianPPO`` (``--presets``, named ``ppo:<preset>``) with
 ``lagrl.agents``' hyperparams/ppo.yml, SB3's ``A2C`` and ``LagrangianA2C`` (``--a2c-presets``, named
-``a2c:<preset>``) with hyperparams/a2c.yml, and sb3-contrib's ``TRPO`` with the zoo's trpo.yml (:data:`TRPO_ZOO`;
-lagrl has no TRPO agent). Each run trains for its algorithm's zoo ``n_timesteps`` on the env
+``a2c:<preset>``) with hyperparams/a2c.yml, and sb3-contrib's ``TRPO`` (``lagrl train --algo trpo``'s agent) with
+hyperparams/trpo.yml, the zoo's. Each run trains for its algorithm's zoo ``n_timesteps`` on the env
 (``--timesteps ENV=N`` sets one budget for every algorithm on ENV; ``--budget-scale`` multiplies all budgets).
 
 Per run: throughput (environment steps per second of ``learn``), the first step at which the mean return
@@ -56,12 +56,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from lagrl.agents import PRESETS
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import (
-    META_KEYS,
     ConfigError,
     RunPlan,
     build_model,
     evaluation_env,
-    normalize_kwargs,
     plan_run,
 )
 from lagrl.atomic import atomic_open
@@ -85,23 +83,6 @@ COLUMNS = (
     "fps × SB3 PPO",
     "fps × SB3 A2C",
 )
-
-# rl-baselines3-zoo's hyperparams/trpo.yml (DLR-RM/rl-baselines3-zoo @ 22e3ff2, 2026-04-23), all marked "Tuned".
-TRPO_ZOO: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(
-        n_envs=2, n_timesteps=100_000, policy="MlpPolicy", n_steps=512, batch_size=512, cg_damping=1e-3,
-        gae_lambda=0.98, gamma=0.99, learning_rate=1e-3, n_critic_updates=20,
-    ),
-    "Acrobot-v1": dict(normalize=True, n_envs=2, n_timesteps=100_000, policy="MlpPolicy", n_steps=1024),
-    "LunarLander-v3": dict(
-        n_envs=2, n_timesteps=200_000, policy="MlpPolicy", n_steps=512, cg_damping=0.01, gae_lambda=0.98,
-        gamma=0.99, learning_rate=1e-3, n_critic_updates=15,
-    ),
-    "Pendulum-v1": dict(
-        n_envs=2, n_timesteps=100_000, policy="MlpPolicy", n_steps=1024, gamma=0.9, n_critic_updates=15,
-        use_sde=True, sde_sample_freq=4,
-    ),
-}  # fmt: skip
 
 Overrides = dict[str, dict[str, Any]]  # lagrl family → --lagrl-hyperparams
 
@@ -153,28 +134,10 @@ class Row:
     fps_vs_a2c: float | None
 
 
-def trpo_plan(env_id: str, seed: int) -> RunPlan:
-    """sb3-contrib's TRPO at :data:`TRPO_ZOO`'s settings, as a :class:`RunPlan` for ``build_model``."""
-    settings = dict(TRPO_ZOO[env_id])
-    meta = {key: settings.pop(key) for key in META_KEYS if key in settings}
-    return RunPlan(
-        algo="trpo",
-        env_id=env_id,
-        agent=TRPO,
-        kwargs=settings,
-        n_envs=meta.get("n_envs", 1),
-        timesteps=meta["n_timesteps"],
-        seed=seed,
-        normalize=normalize_kwargs(meta.get("normalize", False), settings.get("gamma")),
-        env_kwargs={},
-        source="rl-baselines3-zoo hyperparams/trpo.yml",
-    )
-
-
 def make_plan(env_id: str, algorithm: str, seed: int, overrides: dict[str, Any]) -> RunPlan:
     """The zoo settings of ``algorithm`` on ``env_id``; a lagrl preset's with ``overrides`` on top."""
     if algorithm == "sb3-contrib:trpo":
-        return trpo_plan(env_id, seed)
+        return plan_run("trpo", env_id, {}, seed=seed)
     family, _, name = algorithm.partition(":")
     if family == "sb3":
         return replace(plan_run(name, env_id, {}, seed=seed), agent=ANCHORS[algorithm])
