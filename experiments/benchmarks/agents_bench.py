@@ -32,11 +32,16 @@ processes (default 2: this machine has 2 cores; each run uses one torch thread).
 measured; ``--resume`` reads it back and runs only the jobs it lacks (same env, algorithm, seed and budget,
 finished without error), then summarises all of them: ``--seeds 5 --resume`` after a 3-seed run adds seeds
 3 and 4.
+
+``--from-sweeps DIR ...`` runs nothing: it prints (and ``--markdown`` writes) the same table from the finished
+trials of ``lagrl sweep`` runs of the benchmark's packaged sweeps (``agents_ppo``, ``agents_a2c``, ``agents_trpo``
+and their slices), ``ppo:adam`` and ``a2c:rmsprop`` under the names of the SB3 agents they equal bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import multiprocessing
@@ -45,6 +50,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +60,7 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from lagrl.agents import PRESETS
+from lagrl.agents.sweep_config import TrialSpec
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import (
     ConfigError,
@@ -67,6 +74,8 @@ from lagrl.atomic import atomic_open
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0}
 ANCHORS = {"sb3:ppo": PPO, "sb3:a2c": A2C, "sb3-contrib:trpo": TRPO}
 FAMILIES = ("ppo", "a2c")  # the lagrl agents: LagrangianPPO and LagrangianA2C
+# a sweep's (algo, preconditioner) under the benchmark's name: adam and rmsprop are SB3's PPO and A2C bit for bit
+SWEEP_NAMES = {("ppo", "adam"): "sb3:ppo", ("a2c", "rmsprop"): "sb3:a2c", ("trpo", "-"): "sb3-contrib:trpo"}
 EVALUATION_EPISODES = 20
 EVALUATION_SEED = 10_000  # + the run's seed: an env the training never saw
 
@@ -352,6 +361,62 @@ def write_runs(path: str, runs: list[Run]) -> None:
         json.dump([asdict(run) for run in runs], handle, indent=1)
 
 
+def sweep_runs(directory: Path) -> list[Run]:
+    """The finished trials of a ``lagrl sweep`` in ``directory`` (``trials.csv``) as the benchmark's runs.
+
+    ``ppo:adam``, ``a2c:rmsprop`` and ``trpo`` are named ``sb3:ppo``, ``sb3:a2c`` and ``sb3-contrib:trpo``
+    (:data:`SWEEP_NAMES`: the first two are SB3's agents bit for bit, ``tests/test_agents.py``); each trial's budget
+    is its planned one (``sweep.json``'s grid). A sweep that overrides the zoo settings or uses other thresholds is
+    not the benchmark and is refused.
+    """
+    try:
+        grid = json.loads((directory / "sweep.json").read_text())
+        with open(directory / "trials.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ConfigError(f"{directory} holds no finished lagrl sweep ({error.strerror}: {error.filename})") from None
+    budgets = {}
+    for trial in grid["trials"]:
+        spec = TrialSpec(**trial)
+        where = f"{directory}: {spec.algo}:{spec.preset} on {spec.env}"
+        if spec.env not in THRESHOLDS or grid["threshold"].get(spec.env) != THRESHOLDS[spec.env]:
+            raise ConfigError(f"{where}: the benchmark's envs and thresholds are {THRESHOLDS}")
+        if spec.hyperparams:
+            raise ConfigError(f"{where} overrides the zoo settings with {spec.hyperparams}: not the benchmark's runs")
+        plan = plan_run(spec.algo, spec.env, {}, preconditioner=spec.preconditioner, timesteps=spec.timesteps)
+        budgets[spec.algo, spec.env, spec.preset, spec.seed] = plan.timesteps
+    runs = []
+    for row in rows:
+        algo, preset, seed = row["algo"], row["preconditioner"], int(row["seed"])
+        runs.append(
+            Run(
+                env=row["env"],
+                algorithm=SWEEP_NAMES.get((algo, preset), f"{algo}:{preset}"),
+                seed=seed,
+                budget=budgets[algo, row["env"], preset, seed],
+                timesteps=int(row["timesteps"]),
+                seconds=float(row["wall_seconds"]),
+                fps=float(row["fps"]),
+                steps_to_threshold=int(row["steps_to_threshold"]) if row["steps_to_threshold"] else None,
+                evaluation_mean=float(row["eval_mean"]),
+                evaluation_std=float(row["eval_std"]),
+            )
+        )
+    return runs
+
+
+def runs_from_sweeps(directories: list[Path]) -> list[Run]:
+    """:func:`sweep_runs` of every directory; a run (env, algorithm, seed, budget) found twice is refused."""
+    runs: dict[tuple[str, str, int, int], tuple[Run, Path]] = {}
+    for directory in directories:
+        for run in sweep_runs(directory):
+            if _key(run) in runs:
+                first = runs[_key(run)][1]
+                raise ConfigError(f"{run.algorithm} on {run.env} seed {run.seed} is in both {first} and {directory}")
+            runs[_key(run)] = run, directory
+    return [run for run, _ in runs.values()]
+
+
 def parse_arguments() -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -367,7 +432,24 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--json", help="write every run as a JSON list (after each run)")
     parser.add_argument("--resume", action="store_true", help="reuse the finished runs of --json, run the rest")
     parser.add_argument("--markdown", help="write the summary as a Markdown table")
+    parser.add_argument(
+        "--from-sweeps", nargs="+", type=Path, metavar="DIR", help="summarise lagrl sweeps' trials instead of running"
+    )
     return parser.parse_args()
+
+
+def summarise_sweeps(args: argparse.Namespace, algorithms: list[str]) -> list[Row]:
+    """``--from-sweeps``: the sweeps' runs in the benchmark's table (envs, then ``algorithms``, then seeds)."""
+    try:
+        runs = runs_from_sweeps(args.from_sweeps)
+    except ConfigError as error:
+        raise SystemExit(f"agents_bench: {error}") from None
+    present = list(dict.fromkeys([*algorithms, *(run.algorithm for run in runs)]))
+    present = [algorithm for algorithm in present if any(run.algorithm == algorithm for run in runs)]
+    envs = list(THRESHOLDS)
+    runs.sort(key=lambda run: (envs.index(run.env), present.index(run.algorithm), run.seed))
+    print(f"{len(runs)} finished trials of {len(args.from_sweeps)} sweep(s)")
+    return summarise(runs, present)
 
 
 def main() -> None:
@@ -377,6 +459,13 @@ def main() -> None:
         *(f"ppo:{name}" for name in args.presets),
         *(f"a2c:{name}" for name in args.a2c_presets),
     ]
+    if args.from_sweeps:
+        rows = summarise_sweeps(args, algorithms)
+        print(f"\n{text_table(rows)}")
+        if args.markdown:
+            with atomic_open(args.markdown) as handle:
+                handle.write(markdown_table(rows))
+        return
     try:
         jobs = plan_jobs(args, algorithms)
     except ConfigError as error:

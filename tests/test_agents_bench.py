@@ -1,0 +1,84 @@
+"""experiments/benchmarks/agents_bench.py --from-sweeps: a sweep's trials.csv read back as the benchmark's runs and
+summarised as its table (medians, misses, ratios to SB3 PPO), checked against hand-worked numbers."""
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sb3_contrib")
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "agents_bench.py"
+COLUMNS = ["trial_id", "algo", "env", "preconditioner", "seed", "timesteps", "eval_mean", "eval_std"]
+COLUMNS += ["steps_to_threshold", "fps", "wall_seconds"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("agents_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while the script runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def write_sweep(directory: Path, trials: list[dict], threshold: float = 475.0, hyperparams: dict | None = None) -> Path:
+    """A finished sweep as lagrl sweep leaves it: the grid in sweep.json, one trials.csv row per trial."""
+    directory.mkdir()
+    grid = [
+        {"algo": t["algo"], "env": "CartPole-v1", "preconditioner": t["preset"], "seed": t["seed"],
+         "timesteps": 100_000, "hyperparams": hyperparams or {}}
+        for t in trials
+    ]  # fmt: skip
+    (directory / "sweep.json").write_text(json.dumps({"trials": grid, "threshold": {"CartPole-v1": threshold}}))
+    with open(directory / "trials.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for index, t in enumerate(trials):
+            writer.writerow(
+                {"trial_id": index, "algo": t["algo"], "env": "CartPole-v1", "preconditioner": t["preset"] or "-",
+                 "seed": t["seed"], "timesteps": 100_096, "eval_mean": t["eval"], "eval_std": 0.0,
+                 "steps_to_threshold": t["steps"] or "", "fps": t["fps"], "wall_seconds": 100.0}
+            )  # fmt: skip
+    return directory
+
+
+def trial(algo, preset, seed, steps, evaluation, fps=1000.0):
+    return {"algo": algo, "preset": preset, "seed": seed, "steps": steps, "eval": evaluation, "fps": fps}
+
+
+def test_sweep_trials_make_the_benchmarks_rows(bench, tmp_path):
+    ppo = write_sweep(
+        tmp_path / "ppo",
+        [trial("ppo", "adam", 0, 60_000, 500.0, 900.0), trial("ppo", "adam", 1, 80_000, 480.0, 1100.0),
+         trial("ppo", "adam", 2, None, 300.0, 1000.0),
+         trial("ppo", "natural", 0, 30_000, 500.0, 800.0), trial("ppo", "natural", 1, 50_000, 490.0, 800.0),
+         trial("ppo", "natural", 2, 40_000, 470.0, 800.0)],
+    )  # fmt: skip
+    trpo = write_sweep(tmp_path / "trpo", [trial("trpo", None, seed, None, 200.0 + seed) for seed in range(3)])
+    runs = bench.runs_from_sweeps([ppo, trpo])
+    assert {run.algorithm for run in runs} == {"sb3:ppo", "ppo:natural", "sb3-contrib:trpo"}
+    assert all(run.budget == 100_000 for run in runs)
+    rows = {row.algorithm: row for row in bench.summarise(runs, ["sb3:ppo", "sb3-contrib:trpo", "ppo:natural"])}
+    # by hand: PPO's steps 60k, 80k and a miss → median 80k; natural's median 40k → 0.5× PPO's
+    assert rows["sb3:ppo"].reached == 2 and rows["sb3:ppo"].steps == (80_000, 60_000, math.inf)
+    assert rows["ppo:natural"].steps == (40_000, 30_000, 50_000) and rows["ppo:natural"].steps_vs_ppo == 0.5
+    assert rows["ppo:natural"].evaluation == (490.0, 470.0, 500.0) and rows["ppo:natural"].fps_vs_ppo == 0.8
+    assert rows["sb3-contrib:trpo"].reached == 0 and rows["sb3-contrib:trpo"].steps_vs_ppo is None
+
+
+def test_a_sweep_that_is_not_the_benchmark_is_refused(bench, tmp_path):
+    runs = [trial("ppo", "adam", 0, 60_000, 500.0)]
+    with pytest.raises(bench.ConfigError, match="overrides the zoo settings"):
+        bench.sweep_runs(write_sweep(tmp_path / "tuned", runs, hyperparams={"n_epochs": 5}))
+    with pytest.raises(bench.ConfigError, match="thresholds"):
+        bench.sweep_runs(write_sweep(tmp_path / "other", runs, threshold=400.0))
+    first, second = write_sweep(tmp_path / "a", runs), write_sweep(tmp_path / "b", runs)
+    with pytest.raises(bench.ConfigError, match="sb3:ppo on CartPole-v1 seed 0 is in both"):
+        bench.runs_from_sweeps([first, second])
+    with pytest.raises(bench.ConfigError, match="holds no finished lagrl sweep"):
+        bench.sweep_runs(tmp_path / "missing")
