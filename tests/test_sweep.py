@@ -135,6 +135,21 @@ def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_
     assert control.threshold == {"Acrobot-v1": -100, "Pendulum-v1": -200}
 
 
+def test_the_packaged_lunarlander_kl_control_sweep_changes_only_naturals_rule():
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    control, lander = load_sweep("kl_control_lunarlander"), load_sweep("agents_lunarlander")
+    natural = [t for t in lander.trials() if t.preset == "natural" and t.seed in (0, 1)]  # its first two seeds
+    assert [replace(resolve("natural"), kl_target=0.03)] * len(natural) == [
+        resolve(t.preconditioner) for t in control.trials()
+    ]
+    assert [(t.env, t.seed, t.timesteps) for t in control.trials()] == [(t.env, t.seed, t.timesteps) for t in natural]
+    assert (control.threshold, control.eval_episodes) == (lander.threshold, lander.eval_episodes)
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 
