@@ -69,6 +69,8 @@ def test_sweep_trials_make_the_benchmarks_rows(bench, tmp_path):
     assert rows["ppo:natural"].steps == (40_000, 30_000, 50_000) and rows["ppo:natural"].steps_vs_ppo == 0.5
     assert rows["ppo:natural"].evaluation == (490.0, 470.0, 500.0) and rows["ppo:natural"].fps_vs_ppo == 0.8
     assert rows["sb3-contrib:trpo"].reached == 0 and rows["sb3-contrib:trpo"].steps_vs_ppo is None
+    # an algorithm with runs on no env of these runs gets no row (and no empty-group crash)
+    assert [row.algorithm for row in bench.summarise(runs, ["sb3:ppo", "sb3:a2c"])] == ["sb3:ppo"]
 
 
 def test_a_sweep_that_is_not_the_benchmark_is_refused(bench, tmp_path):

@@ -61,6 +61,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from lagrl.agents import PRESETS
 from lagrl.agents.sweep_config import TrialSpec
+from lagrl.agents.sweep_summary import BASELINES
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import (
     ConfigError,
@@ -74,8 +75,10 @@ from lagrl.atomic import atomic_open
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "Pendulum-v1": -200.0}
 ANCHORS = {"sb3:ppo": PPO, "sb3:a2c": A2C, "sb3-contrib:trpo": TRPO}
 FAMILIES = ("ppo", "a2c")  # the lagrl agents: LagrangianPPO and LagrangianA2C
-# a sweep's (algo, preconditioner) under the benchmark's name: adam and rmsprop are SB3's PPO and A2C bit for bit
-SWEEP_NAMES = {("ppo", "adam"): "sb3:ppo", ("a2c", "rmsprop"): "sb3:a2c", ("trpo", "-"): "sb3-contrib:trpo"}
+# a sweep's (algo, preconditioner) under the benchmark's name: the sweeps' baselines (adam, rmsprop) are SB3's PPO and
+# A2C bit for bit; trpo (no preconditioner, label "-") is sb3-contrib's TRPO
+SWEEP_NAMES = {(algo, preset): f"sb3:{algo}" for algo, preset in BASELINES.items()}
+SWEEP_NAMES[("trpo", "-")] = "sb3-contrib:trpo"
 EVALUATION_EPISODES = 20
 EVALUATION_SEED = 10_000  # + the run's seed: an env the training never saw
 
@@ -230,6 +233,8 @@ def summarise(runs: list[Run], algorithms: list[str]) -> list[Row]:
         anchors: dict[str, Row] = {}
         for algorithm in algorithms:
             group = [run for run in runs if run.env == env_id and run.algorithm == algorithm]
+            if not group:  # an algorithm the runs (say, a subset of the sweeps) have on other envs only
+                continue
             rows.append(summary_row(env_id, algorithm, group, anchors))
             if algorithm in ANCHORS:
                 anchors[algorithm] = rows[-1]
