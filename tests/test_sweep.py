@@ -276,6 +276,49 @@ def _write(tmp_path: Path, settings: dict) -> Path:
     return config
 
 
+IDLE_PROBE = """
+import os, sys, time
+import ray
+from lagrl.agents.sweep import start_ray
+
+def idle_workers():
+    parents, commands = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            parents[int(pid)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            commands[int(pid)] = open(f"/proc/{pid}/cmdline").read()
+        except OSError:
+            pass
+    def mine(pid):
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = parents.get(pid, 0)
+        return False
+    return sum(commands[pid].startswith("ray::IDLE") and mine(pid) for pid in commands)
+
+for start in (lambda: ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False),
+              lambda: start_ray(num_cpus=2)):
+    start()
+    most = 0
+    for _ in range(16):
+        most = max(most, idle_workers())
+        time.sleep(0.25)
+    ray.shutdown()
+    print(most)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_local_ray_started_by_lagrl_starts_no_idle_workers():
+    """Ray's own start prestarts idle interpreters (seen here, so that the probe can see them); lagrl's does not."""
+    completed = subprocess.run([sys.executable, "-c", IDLE_PROBE], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    plain, lagrl = map(int, completed.stdout.split())
+    assert plain >= 1 and lagrl == 0
+
+
 def test_a_local_sweep_reproduces_the_same_runs_done_in_process(tmp_path):
     config = _write(tmp_path, SWEEP)
     completed = subprocess.run(_sweep_command(config, tmp_path / "out"), capture_output=True, text=True, timeout=400)

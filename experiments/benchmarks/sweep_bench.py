@@ -4,7 +4,8 @@ The trials: ``LagrangianPPO(preconditioner="adam")`` (numerically SB3's PPO) on 
 zoo settings, ``--trials`` seeds of ``--timesteps`` steps each, a deterministic 10-episode evaluation after
 each; every trial writes its TensorBoard logs. Sequential: in this process, one torch thread, each trial
 built, trained and evaluated in turn (the anchor). Sweep: :func:`lagrl.agents.sweep.run_sweep` on a local Ray
-started here (its start-up timed apart), one CPU and one torch thread per trial. Pool: the same trials in a
+started as the command starts it (:func:`~lagrl.agents.sweep.start_ray`; its start-up timed apart), one CPU and
+one torch thread per trial. Pool: the same trials in a
 ``concurrent.futures.ProcessPoolExecutor`` of one spawned process per core (one torch thread each; its workers'
 start and imports timed, as Ray's are) — parallel, without Ray. Printed: the wall times, the sweep's ratio to
 sequential (target ≤ 0.6 on 2 cores), and two overheads per trial in core-seconds: ``(cores · T_sweep − Σ
@@ -12,10 +13,11 @@ T_sequential) / trials``, what a trial costs in the sweep beyond the same trial 
 whatever running ``cores`` trials at once costs the machine: shared caches, memory bandwidth, the host), and
 ``cores · (T_sweep − T_pool) / trials``, what it costs beyond the same trial in a plain process pool — Ray's own
 share (target ≤ 1 s). A shared host's speed drifts by more than that between runs, so the three sides are run
-``--repeats`` times, alternated, and the medians printed with their range.
+``--repeats`` times, alternated, and the medians printed with their range; beside them the CPU-seconds of Tune's
+driver (this process) in the sweep, a part of Ray's share measured directly.
 Needs the ``sweep`` extra.
 
-    python experiments/benchmarks/sweep_bench.py [--trials 8] [--timesteps 20000] [--repeats 3] [--json out.json]
+    python experiments/benchmarks/sweep_bench.py [--trials 8] [--timesteps 20000] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from lagrl.agents.sweep import EVALUATION_SEED, run_sweep
+from lagrl.agents.sweep import EVALUATION_SEED, run_sweep, start_ray
 from lagrl.agents.sweep_config import parse_sweep
 from lagrl.agents.training import build_model, evaluate, evaluation_env, plan_run
 from lagrl.atomic import atomic_open
@@ -68,29 +70,30 @@ def pooled(seeds: list[int], timesteps: int, cores: int) -> float:
         return time.perf_counter() - start
 
 
-def swept(config, cores: int) -> tuple[float, float]:
-    """Seconds to start a local Ray on ``cores`` CPUs, and seconds of :func:`run_sweep` on it (Ray stopped after)."""
+def swept(config, cores: int) -> tuple[float, float, float]:
+    """Seconds to start a local Ray on ``cores`` CPUs, seconds of :func:`run_sweep` on it (Ray stopped after), and
+    the CPU-seconds this process (Tune's driver) spent in it."""
     import ray
 
     start = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_ray(num_cpus=cores)
     startup = time.perf_counter() - start
     try:
         with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = run_sweep(config, Path(out))
-            seconds = time.perf_counter() - start
+            seconds, driver = time.perf_counter() - start, time.process_time() - cpu
     finally:
         ray.shutdown()
     assert len(result.rows) == len(config.seeds), "every trial must finish"
-    return startup, seconds
+    return startup, seconds, driver
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--timesteps", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of sequential, pool, sweep (alternated)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of sequential, pool, sweep (alternated)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -105,12 +108,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as logs:
             total = sum(sequential(seeds, args.timesteps, Path(logs)))
         pool = pooled(seeds, args.timesteps, cores)
-        startup, seconds = swept(config, cores)
+        startup, seconds, driver = swept(config, cores)
         figures_of_round = {
             "sequential_seconds": total,
             "pool_seconds": pool,
             "sweep_seconds": seconds,
             "ray_startup_seconds": startup,
+            "driver_cpu_seconds": driver,
             "ratio": seconds / total,
             "ratio_with_startup": (seconds + startup) / total,
             "pool_ratio": pool / total,
@@ -128,7 +132,10 @@ def main() -> None:
     print(f"medians of {args.repeats} alternated rounds (min–max):")
     print(f"sequential, one process: {sequential_seconds:7.1f} s  ({sequential_seconds / args.trials:.1f} s per trial)")
     print(f"process pool, no Ray:    {figures['pool_seconds']:7.1f} s  (ratio {figures['pool_ratio']:.2f})")
-    print(f"lagrl sweep on Ray:      {sweep_seconds:7.1f} s  (+ {figures['ray_startup_seconds']:.1f} s to start Ray)")
+    print(
+        f"lagrl sweep on Ray:      {sweep_seconds:7.1f} s  (+ {figures['ray_startup_seconds']:.1f} s to start Ray; "
+        f"Tune's driver {figures['driver_cpu_seconds']:.1f} CPU-seconds)"
+    )
     print(
         f"ratio {figures['ratio']:.2f} ({low['ratio']:.2f}–{high['ratio']:.2f}; "
         f"{figures['ratio_with_startup']:.2f} with Ray's start-up); target ≤ 0.6"
