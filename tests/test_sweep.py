@@ -277,7 +277,7 @@ def _write(tmp_path: Path, settings: dict) -> Path:
 
 
 IDLE_PROBE = """
-import os, sys, time
+import os, time
 import ray
 from lagrl.agents.sweep import start_ray
 
