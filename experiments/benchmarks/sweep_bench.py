@@ -12,12 +12,13 @@ sequential (target ≤ 0.6 on 2 cores), and two overheads per trial in core-seco
 T_sequential) / trials``, what a trial costs in the sweep beyond the same trial in-process (Ray's share plus
 whatever running ``cores`` trials at once costs the machine: shared caches, memory bandwidth, the host), and
 ``cores · (T_sweep − T_pool) / trials``, what it costs beyond the same trial in a plain process pool — Ray's own
-share (target ≤ 1 s). A shared host's speed drifts by more than that between runs, so the three sides are run
-``--repeats`` times, alternated, and the medians printed with their range; beside them the CPU-seconds of Tune's
-driver (this process) in the sweep, a part of Ray's share measured directly.
+share (target ≤ 1 s). A shared host's speed drifts by more than that between runs and within one, so the three
+sides are run ``--repeats`` times, in turn forwards and backwards (sequential, pool, sweep; then sweep, pool,
+sequential: a host that slows or speeds up steadily favours no side), and the medians printed with their range;
+beside them the CPU-seconds of Tune's driver (this process) in the sweep, a part of Ray's share measured directly.
 Needs the ``sweep`` extra.
 
-    python experiments/benchmarks/sweep_bench.py [--trials 8] [--timesteps 20000] [--repeats 5] [--json out.json]
+    python experiments/benchmarks/sweep_bench.py [--trials 8] [--timesteps 20000] [--repeats 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--timesteps", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of sequential, pool, sweep (alternated)")
+    parser.add_argument("--repeats", type=int, default=6, help="rounds of the three sides (every other one backwards)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -104,11 +105,18 @@ def main() -> None:
     )  # fmt: skip
     cores = os.cpu_count() or 1
     rounds = []
-    for repeat in range(args.repeats):  # alternated, so that a slower spell of a shared host hits every side
-        with tempfile.TemporaryDirectory() as logs:
-            total = sum(sequential(seeds, args.timesteps, Path(logs)))
-        pool = pooled(seeds, args.timesteps, cores)
-        startup, seconds, driver = swept(config, cores)
+    for repeat in range(args.repeats):
+        measured = {}
+        sides = ("sequential", "pool", "sweep")
+        for side in sides if repeat % 2 == 0 else reversed(sides):  # a host that drifts one way biases no side
+            if side == "sequential":
+                with tempfile.TemporaryDirectory() as logs:
+                    measured[side] = sum(sequential(seeds, args.timesteps, Path(logs)))
+            elif side == "pool":
+                measured[side] = pooled(seeds, args.timesteps, cores)
+            else:
+                measured[side] = swept(config, cores)
+        total, pool, (startup, seconds, driver) = measured["sequential"], measured["pool"], measured["sweep"]
         figures_of_round = {
             "sequential_seconds": total,
             "pool_seconds": pool,
