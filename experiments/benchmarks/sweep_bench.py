@@ -56,6 +56,12 @@ def sequential(seeds: list[int], timesteps: int, logs: Path) -> list[float]:
     return seconds
 
 
+def in_process(seeds: list[int], timesteps: int) -> float:
+    """Seconds of the trials one after another in this process (:func:`sequential`, logs in a temporary folder)."""
+    with tempfile.TemporaryDirectory() as logs:
+        return sum(sequential(seeds, timesteps, Path(logs)))
+
+
 def _pool_trial(seed: int, timesteps: int, logs: str) -> float:
     return sequential([seed], timesteps, Path(logs))[0]
 
@@ -105,17 +111,14 @@ def main() -> None:
     )  # fmt: skip
     cores = os.cpu_count() or 1
     rounds = []
+    sides = {
+        "sequential": lambda: in_process(seeds, args.timesteps),
+        "pool": lambda: pooled(seeds, args.timesteps, cores),
+        "sweep": lambda: swept(config, cores),
+    }
     for repeat in range(args.repeats):
-        measured = {}
-        sides = ("sequential", "pool", "sweep")
-        for side in sides if repeat % 2 == 0 else reversed(sides):  # a host that drifts one way biases no side
-            if side == "sequential":
-                with tempfile.TemporaryDirectory() as logs:
-                    measured[side] = sum(sequential(seeds, args.timesteps, Path(logs)))
-            elif side == "pool":
-                measured[side] = pooled(seeds, args.timesteps, cores)
-            else:
-                measured[side] = swept(config, cores)
+        order = list(sides) if repeat % 2 == 0 else list(sides)[::-1]  # a host that drifts one way biases no side
+        measured = {side: sides[side]() for side in order}
         total, pool, (startup, seconds, driver) = measured["sequential"], measured["pool"], measured["sweep"]
         figures_of_round = {
             "sequential_seconds": total,
