@@ -8,8 +8,9 @@ none of β1, β2, bias correction or ε; lagrl treats them as the estimator's):
                       full ``F̂`` from ``g gᵀ``; or K-FAC factors ``A``, ``G`` per ``nn.Linear``
 3. precondition       ``u = F̂^{-ρ} ĝ`` with damping ε
 4. step               ``θ ← θ − η · u``: ``η = lr`` (``step_rule="lr"``), or a scale from the Lagrangian
-                      (``"energy"``: ``½ η² uᵀMu = δ`` per step and param group; ``"graft"``: Adam's
-                      step length per block), see :mod:`lagrl.step_size`
+                      (``"energy"``: ``½ η² uᵀMu = δ`` per step and param group; ``"trust-region"``:
+                      the same steps, the update's displacement held in ``½ DᵀMD ≤ Δ``; ``"graft"``:
+                      Adam's step length per block), see :mod:`lagrl.step_size`
 
 ρ = 0 is momentum SGD (no Fisher is kept), ρ = ½ with the diagonal Fisher is Adam (Eq. 32; RMSprop,
 Eq. 31, without the first moment and bias correction), ρ = 1 the natural gradient.
@@ -48,7 +49,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lagrl.fisher import DenseFisher, DiagonalFisher, Fisher, KroneckerFisher, kfac_inputs, spd_power
-from lagrl.step_size import check_step_rule, energy_step_size
+from lagrl.step_size import SCALED_RULES, check_step_rule, energy_step_size
 
 FISHER_FORMS = ("diagonal", "full", "kfac")
 FISHER_SOURCES = ("gradients", "external")
@@ -100,7 +101,9 @@ class _Direction(NamedTuple):
 
     ``update`` is ``F̂^{-ρ} m_t`` in the block's layout (``[W | b]`` for K-FAC, flat for full), split
     over ``views`` along ``axis``; ``energy`` is ``updateᵀ M update`` in the step's metric (computed
-    for ``step_rule="energy"`` only); ``adam`` Adam's step per unit lr (``"graft"`` only).
+    for the energy-sized rules only); ``adam`` Adam's step per unit lr (``"graft"`` only); ``key`` the
+    parameter whose state holds the block's displacement and ``quadratic`` its ``x ↦ xᵀMx`` on a
+    tensor of ``update``'s layout (``"trust-region"`` only).
     """
 
     views: list[Tensor]
@@ -109,11 +112,14 @@ class _Direction(NamedTuple):
     bc1: float
     energy: Tensor
     adam: Tensor | None
+    key: Tensor
+    quadratic: Callable[[Tensor], Tensor] | None = None
 
-    def parts(self) -> list[Tensor]:
-        """``update`` split over ``views``, each part shaped like its view."""
+    def parts(self, tensor: Tensor | None = None) -> list[Tensor]:
+        """``tensor`` (default ``update``) split over ``views``, each part shaped like its view."""
+        tensor = self.update if tensor is None else tensor
         sizes = [view.shape[self.axis] if view.ndim > self.axis else view.numel() for view in self.views]
-        parts = [self.update] if len(self.views) == 1 else self.update.split(sizes, dim=self.axis)
+        parts = [tensor] if len(self.views) == 1 else tensor.split(sizes, dim=self.axis)
         return [part.view_as(view) for view, part in zip(self.views, parts)]
 
 
@@ -178,9 +184,12 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             ``"external"`` (the estimate last given to :meth:`set_fisher`).
         step_rule: ``"lr"`` (``η = lr``), ``"energy"`` (``η = (lr / initial_lr) · sqrt(2δ / uᵀMu)``: each
             step of a param group has kinetic energy ``½ ΔθᵀMΔθ = δ·(lr/initial_lr)²`` in the step's
-            metric ``M``, so a schedule on ``lr`` scales the step, not its units) or ``"graft"`` (per
-            block, the length of Adam's step ``lr · m̂/(√v̂ + 1e-8)`` with the direction ``u``).
-        energy_budget: ``δ`` of ``step_rule="energy"``.
+            metric ``M``, so a schedule on ``lr`` scales the step, not its units), ``"trust-region"``
+            (the energy rule's steps, and the group's displacement ``D`` since :meth:`start_update` held
+            in ``½ DᵀMD ≤ Δ·(lr/initial_lr)²`` by radial projection) or ``"graft"`` (per block, the
+            length of Adam's step ``lr · m̂/(√v̂ + 1e-8)`` with the direction ``u``).
+        energy_budget: ``δ`` of the energy-sized rules, per step.
+        trust_budget: ``Δ`` of ``step_rule="trust-region"``, per update (``None``: ``energy_budget``).
     """
 
     fisher_state_key = "exp_avg_sq"
@@ -204,9 +213,10 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         fisher_source: str = "gradients",
         step_rule: str = "lr",
         energy_budget: float = 1e-3,
+        trust_budget: float | None = None,
     ) -> None:
         _check_hyperparameters(lr, rho, betas, eps, weight_decay)
-        check_step_rule(step_rule, energy_budget)
+        check_step_rule(step_rule, energy_budget, trust_budget)
         if fisher not in FISHER_FORMS:
             raise ValueError(f"unknown fisher form {fisher!r}; choose one of {FISHER_FORMS}")
         if fisher_source not in FISHER_SOURCES:
@@ -230,11 +240,12 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             fisher_source=fisher_source,
             step_rule=step_rule,
             energy_budget=energy_budget,
+            trust_budget=trust_budget,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
-            check_step_rule(group["step_rule"], group["energy_budget"])
-            if group["step_rule"] == "energy":
+            check_step_rule(group["step_rule"], group["energy_budget"], group["trust_budget"])
+            if group["step_rule"] in SCALED_RULES:
                 group.setdefault("initial_lr", group["lr"])  # torch's LR schedulers use the same key
         self._kfac_layers: dict[Tensor, nn.Linear] = {}
         self._kfac_biases: set[Tensor] = set()
@@ -329,7 +340,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         rule = group["step_rule"]
         if rule == "lr":
             _step_directions(directions, [group["lr"]] * len(directions))
-        elif rule == "energy":
+        elif rule in SCALED_RULES:
             corrections = {d.bc1 for d in directions}
             if len(corrections) == 1:  # one sum, one division: the blocks stepped together
                 energy = torch.stack([d.energy for d in directions]).sum().item() / corrections.pop() ** 2
@@ -345,10 +356,38 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             initial = group.setdefault("initial_lr", group["lr"])
             scale = group["lr"] / initial if initial > 0 else 0.0
             _step_directions(directions, [scale * eta] * len(directions))
+            if rule == "trust-region":
+                budget = group["energy_budget"] if group["trust_budget"] is None else group["trust_budget"]
+                self._hold_in_trust_region(group, directions, scale * eta, scale**2 * budget)
         else:  # graft: per block, Adam's step length along the direction u
             norms = torch.stack([torch.stack([d.adam.norm(), d.update.norm() / d.bc1]) for d in directions]).tolist()
             etas = [group["lr"] * adam_norm / norm if norm > 0 else 0.0 for adam_norm, norm in norms]
             _step_directions(directions, etas)
+
+    def _hold_in_trust_region(
+        self, group: dict[str, Any], directions: list[_Direction], eta: float, budget: float
+    ) -> None:
+        """``"trust-region"``: ``D ← D − (η/bc1) u`` per block; where ``½ DᵀMD > Δ``, ``θ ← θ₀ + sqrt(2Δ/DᵀMD) · D``.
+
+        ``D`` is the group's displacement since :meth:`start_update` (the sum of its steps); the
+        projection is radial in the metric ``M`` of the step. ``group["update_energy"]`` keeps ``½ DᵀMD``.
+        """
+        displacements = []
+        for direction in directions:
+            state = self.state[direction.key]
+            step = direction.update * (-eta / direction.bc1)
+            previous = state.get("displacement")
+            state["displacement"] = step if previous is None else previous.add_(step)
+            displacements.append(state["displacement"])
+        quadratics = [d.quadratic(x) for d, x in zip(directions, displacements) if d.quadratic is not None]
+        energy = 0.5 * torch.stack(quadratics).sum().item()
+        if energy > budget:
+            shrink = math.sqrt(budget / energy)
+            for direction, displacement in zip(directions, displacements):
+                torch._foreach_add_(direction.views, direction.parts(displacement), alpha=shrink - 1.0)
+                displacement.mul_(shrink)
+            energy = budget
+        group["update_energy"] = energy
 
     def _check_finite(self, group: dict[str, Any], params: list[Tensor]) -> None:
         # One fused reduction: a sum of norms is finite iff every gradient is (barring overflow of a
@@ -444,10 +483,15 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         """The diagonal step's ``u = m_t / (F̂^ρ + ε)`` with its energy ``uᵀMu``, ``M = (F̂^ρ + ε)^{1/ρ}``."""
         state, grad, direction, bc1, bc2, denominator = self._diagonal_stages(group, param, step)
         update = direction if denominator is None else direction / denominator
+        metric = None if denominator is None else denominator.pow(1.0 / group["rho"])
         energy = update.square()
-        if denominator is not None:
-            energy.mul_(denominator.pow(1.0 / group["rho"]))
-        return _Direction([param], update, 0, bc1, energy.sum(), self._adam(group, state, grad, direction, bc1, bc2))
+        if metric is not None:
+            energy.mul_(metric)
+        quadratic = None
+        if group["step_rule"] == "trust-region":
+            quadratic = (lambda x: x.square().sum()) if metric is None else (lambda x: (x.square() * metric).sum())
+        adam = self._adam(group, state, grad, direction, bc1, bc2)
+        return _Direction([param], update, 0, bc1, energy.sum(), adam, param, quadratic)
 
     def _adam(
         self, group: dict[str, Any], state: dict[str, Any], grad: Tensor, direction: Tensor, bc1: float, bc2: float
@@ -499,12 +543,17 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             if (int(step) - 1) % group["update_interval"] == 0:
                 state["fisher_power"] = spd_power(state["fisher_matrix"] / bc2, -group["rho"], group["eps"])
             update = state["fisher_power"] @ direction
-        energy = update.new_zeros(())
-        if group["step_rule"] == "energy":
+        energy, quadratic = update.new_zeros(()), None
+        if group["step_rule"] in SCALED_RULES:
             metric = self._dense_metric(group, state)
-            energy = update @ (update if metric is None else metric.matvec(update))
+
+            def quadratic(x: Tensor) -> Tensor:
+                return x @ (x if metric is None else metric.matvec(x))
+
+            energy = quadratic(update)
         views = [p.view(-1) for p in params]
-        return _Direction(views, update, 0, bc1, energy, self._adam(group, state, grad, direction, bc1, bc2))
+        adam = self._adam(group, state, grad, direction, bc1, bc2)
+        return _Direction(views, update, 0, bc1, energy, adam, params[0], quadratic)
 
     def _kfac_direction(self, group: dict[str, Any], layer: nn.Linear, step: float) -> _Direction:
         """K-FAC block of one ``nn.Linear``: ``U = (G + √ε)^{-ρ} M̂ (A + √ε)^{-ρ}`` on ``[W | b]``."""
@@ -535,10 +584,16 @@ class LagrangianOptimizer(torch.optim.Optimizer):
                     )
                     state["input_power"], state["output_power"] = powered.input_factor, powered.output_factor
             update = KroneckerFisher(state["input_power"], state["output_power"]).matvec(direction)
-        energy = update.new_zeros(())
-        if group["step_rule"] == "energy":
+        energy, quadratic = update.new_zeros(()), None
+        if group["step_rule"] in SCALED_RULES:
             energy = self._kronecker_energy(group, state, direction, update)
-        return _Direction(blocks, update, 1, bc1, energy, self._adam(group, state, grad, direction, bc1, bc2))
+        if group["step_rule"] == "trust-region":
+
+            def quadratic(x: Tensor) -> Tensor:
+                return self._kronecker_quadratic(group, state, x)
+
+        adam = self._adam(group, state, grad, direction, bc1, bc2)
+        return _Direction(blocks, update, 1, bc1, energy, adam, weight, quadratic)
 
     def _kronecker_energy(
         self, group: dict[str, Any], state: dict[str, Any], direction: Tensor, update: Tensor
@@ -550,18 +605,26 @@ class LagrangianOptimizer(torch.optim.Optimizer):
         ``u = M^{-ρ} m`` gives ``uᵀMu = mᵀM^{1−2ρ}m``: ``⟨m, m⟩`` at ρ = ½ and ``⟨u, m⟩`` at ρ = 1, no product.
         """
         rho = group["rho"]
-        if rho == 0 or "input_factor" not in state:
-            return update.square().sum()
-        if group["fisher_source"] == "external" or group["update_interval"] == 1:
+        if (
+            rho != 0
+            and "input_factor" in state
+            and (group["fisher_source"] == "external" or group["update_interval"] == 1)
+        ):
             if rho == 0.5:
                 return direction.square().sum()
             if rho == 1:
                 return (update * direction).sum()
+        return self._kronecker_quadratic(group, state, update)
+
+    def _kronecker_quadratic(self, group: dict[str, Any], state: dict[str, Any], x: Tensor) -> Tensor:
+        """``xᵀMx = ⟨GXA, X⟩ + c (⟨XA, X⟩ + ⟨GX, X⟩) + c² ⟨X, X⟩`` on ``[W | b]`` (``⟨X, X⟩`` where ρ = 0)."""
+        if group["rho"] == 0 or "input_factor" not in state:
+            return x.square().sum()
         correction, root = self._fisher_correction(group, state), group["eps"] ** 0.5
-        right = update @ state["input_factor"] / correction
-        left = state["output_factor"] @ update / correction
-        quadratic = (state["output_factor"] @ right / correction * update).sum()
-        return quadratic + root * ((right * update).sum() + (left * update).sum()) + root**2 * update.square().sum()
+        right = x @ state["input_factor"] / correction
+        left = state["output_factor"] @ x / correction
+        quadratic = (state["output_factor"] @ right / correction * x).sum()
+        return quadratic + root * ((right * x).sum() + (left * x).sum()) + root**2 * x.square().sum()
 
     def _check_external(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """Raise, before any state changes, unless every parameter has its supplied Fisher."""
@@ -586,10 +649,17 @@ class LagrangianOptimizer(torch.optim.Optimizer):
 
         ``step_rule="energy"``: the first step after this call takes the full budget, ``η₀ =
         sqrt(2δ / u₀ᵀMu₀)``; later steps take ``min(η₀, sqrt(2δ / uᵀMu))``, so their energy is at most δ
-        and a shrinking gradient shrinks the step. :meth:`set_fisher` calls this.
+        and a shrinking gradient shrinks the step. ``"trust-region"``: the same, and the displacement
+        ``D`` starts again from 0 (the ball is centred on the parameters at this call). :meth:`set_fisher`
+        calls this.
         """
         for group in self.param_groups:
             group["step_size_cap"] = None
+            if group["step_rule"] == "trust-region":
+                group["update_energy"] = 0.0
+                for param in group["params"]:
+                    if param in self.state:
+                        self.state[param].pop("displacement", None)
 
     # ------------------------------------------------------------------ external Fisher, metric
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 The flow ``θ̇ = −F^{-ρ} g`` traces the same path under any change of time, so only the discretisation
 sets a scale. A fixed ``η`` borrowed from Adam is the wrong scale for a true Fisher (Adam's ``v̂`` is
-about ``F/B`` for minibatches of ``B``). Three rules whose scale does not come from a per-problem ``η``:
+about ``F/B`` for minibatches of ``B``). Four rules whose scale does not come from a per-problem ``η``:
 
 - ``"energy"``: the kinetic energy of the step in the Fisher metric is held at a budget ``δ``,
   ``½ ΔθᵀMΔθ = δ`` with ``u = M^{-ρ} ĝ``:  ``η = sqrt(2δ / uᵀMu) = sqrt(2δ / ĝᵀM^{1−2ρ}ĝ)``.
@@ -11,6 +11,13 @@ about ``F/B`` for minibatches of ``B``). Three rules whose scale does not come f
   It relates to the paper's ``T = (1/2P) gᵀF⁻¹g`` (Eq. 26) as follows: ``T`` is the Euclidean kinetic
   energy ``½ m |θ̇|²`` of the ρ = ½ particle of mass ``m = 1/P``; ``½ θ̇ᵀFθ̇`` is the kinetic energy of
   the same velocity measured in the Fisher metric. They coincide (up to ``P``) only where ``F ∝ I``.
+- ``"trust-region"``: the *update's* displacement ``D`` (the sum of its steps since the update began)
+  is held in the ball ``½ DᵀMD ≤ Δ``. Each step has energy ``δ`` as under ``"energy"``; a step that
+  leaves the ball is followed by ``θ ← θ₀ + sqrt(2Δ / DᵀMD) · D``, the radial projection onto it. Coherent
+  steps reach the boundary and then slide along it (projected steps on the trust-region problem
+  ``min L(θ₀ + D)`` s.t. ``½ DᵀMD ≤ Δ``, TRPO's problem solved by first-order steps instead of conjugate
+  gradients); incoherent ones random-walk inside it. ``δ = Δ/K`` for ``K`` steps per update: ``K``
+  steps of independent directions fill the ball, coherent ones reach it after ``√K``.
 - ``"graft"``: the direction of the Fisher step with the length of Adam's step on the same block
   (Agarwal et al. 2020, "Disentangling adaptive gradient methods"): ``η_b = ‖Δθ_b^{Adam}‖ / ‖u_b‖``.
 - a controller on each update's measured KL (:class:`KLController`): the scale is multiplied or
@@ -21,8 +28,10 @@ about ``F/B`` for minibatches of ``B``). Three rules whose scale does not come f
 from __future__ import annotations
 
 import math
+import numbers
 
-STEP_RULES = ("lr", "energy", "graft")
+STEP_RULES = ("lr", "energy", "graft", "trust-region")
+SCALED_RULES = ("energy", "trust-region")  # the rules whose step is sized by its kinetic energy
 
 
 def energy_step_size(energy: float, budget: float) -> float:
@@ -32,12 +41,14 @@ def energy_step_size(energy: float, budget: float) -> float:
     return math.sqrt(2.0 * budget / energy)
 
 
-def check_step_rule(step_rule: str, energy_budget: float) -> None:
+def check_step_rule(step_rule: str, energy_budget: float, trust_budget: float | None = None) -> None:
     """Raise, naming the choices, for an unknown rule or a budget that is not positive and finite."""
     if step_rule not in STEP_RULES:
         raise ValueError(f"unknown step_rule {step_rule!r}; choose one of {STEP_RULES}")
-    if not (0.0 < energy_budget < math.inf):
-        raise ValueError(f"energy_budget must be positive and finite, got {energy_budget}")
+    budgets = [("energy_budget", energy_budget)] + ([] if trust_budget is None else [("trust_budget", trust_budget)])
+    for name, budget in budgets:
+        if not (isinstance(budget, numbers.Real) and 0.0 < budget < math.inf):
+            raise ValueError(f"{name} must be positive and finite, got {budget}")
 
 
 class KLController:

@@ -17,6 +17,14 @@ def dense_power(matrix: torch.Tensor, exponent: float) -> torch.Tensor:
     return (vectors * values.pow(exponent)) @ vectors.T
 
 
+def external_kfac(layer: nn.Linear, rho: float, eps: float, **rule) -> LagrangianOptimizer:
+    """A K-FAC optimizer of ``layer`` on a supplied Fisher, β1 = 0 (the step is the preconditioned gradient)."""
+    return LagrangianOptimizer(
+        layer.parameters(), rho=rho, betas=(0.0, 0.0), eps=eps, fisher="kfac", fisher_source="external", model=layer,
+        **rule,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("rho", [0.0, 0.5, 0.75, 1.0])
 def test_energy_rule_holds_the_kinetic_energy_of_a_kfac_step(rho):
     """External K-FAC block: Δθ ∥ M^{-ρ} g and ½ ΔθᵀMΔθ = δ, with M = (G + √ε) ⊗ (A + √ε) built densely.
@@ -26,18 +34,7 @@ def test_energy_rule_holds_the_kinetic_energy_of_a_kfac_step(rho):
     torch.manual_seed(0)
     layer = nn.Linear(3, 2).double()
     budget, eps = 2e-3, 1e-2
-    optimizer = LagrangianOptimizer(
-        layer.parameters(),
-        lr=0.7,
-        rho=rho,
-        betas=(0.0, 0.0),
-        eps=eps,
-        fisher="kfac",
-        fisher_source="external",
-        step_rule="energy",
-        energy_budget=budget,
-        model=layer,
-    )
+    optimizer = external_kfac(layer, rho, eps, lr=0.7, step_rule="energy", energy_budget=budget)
     a, g = random_spd(4, seed=1, device="cpu"), random_spd(2, seed=2, device="cpu")
     optimizer.set_fisher({layer.weight: KroneckerFisher(a, g)})
     before = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1).clone()
@@ -197,3 +194,79 @@ def test_kl_controller_target_follows_a_schedule():
     controller = KLController(target=0.01, factor=2.0, band=1.5)
     assert controller.update(0.003, target_scale=0.25) == 1.0  # target 0.0025: 0.003 is inside the band
     assert controller.update(0.003, target_scale=0.1) == 0.5  # target 0.001: too large a step, shrink
+
+
+@pytest.mark.parametrize("rho", [0.5, 1.0])
+def test_trust_region_stops_coherent_steps_on_the_ball_along_the_fisher_direction(rho):
+    """Constant gradient, K-FAC external Fisher, steps of energy δ = Δ/16: k coherent steps have energy k²δ,
+    so the displacement reaches ½DᵀMD = Δ after 4 steps and stays on the ball at −sqrt(2Δ/uᵀMu)·u,
+    u = M^{-ρ}g, with M = (G + √ε) ⊗ (A + √ε) built densely."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2).double()
+    trust, eps = 4e-3, 1e-2
+    optimizer = external_kfac(
+        layer, rho, eps, lr=1.0, step_rule="trust-region", energy_budget=trust / 16, trust_budget=trust
+    )
+    a, g = random_spd(4, seed=1, device="cpu"), random_spd(2, seed=2, device="cpu")
+    optimizer.set_fisher({layer.weight: KroneckerFisher(a, g)})  # also starts the update
+    start = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1).clone()
+    gradient = torch.randn(2, 4, dtype=torch.float64)
+    root = eps**0.5
+    metric = torch.kron(g + root * torch.eye(2, dtype=torch.float64), a + root * torch.eye(4, dtype=torch.float64))
+
+    def energy() -> float:
+        displacement = (torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1) - start).reshape(-1)
+        return float(0.5 * displacement @ metric @ displacement)
+
+    for k in range(1, 11):
+        layer.weight.grad, layer.bias.grad = gradient[:, :3].clone(), gradient[:, 3].clone()
+        optimizer.step()
+        expected = min(k**2 * trust / 16, trust)
+        assert energy() == pytest.approx(expected, rel=1e-9)
+        assert optimizer.param_groups[0]["update_energy"] == pytest.approx(expected, rel=1e-9)
+    direction = dense_power(metric, -rho) @ gradient.reshape(-1)
+    expected_point = -math.sqrt(2 * trust / float(direction @ metric @ direction)) * direction
+    displacement = torch.cat([layer.weight.detach(), layer.bias.detach().unsqueeze(1)], dim=1) - start
+    assert torch.allclose(displacement.reshape(-1), expected_point, rtol=1e-9, atol=1e-12)
+
+
+def test_trust_region_lets_incoherent_steps_walk_inside_the_ball_and_start_update_recentres_it():
+    """Diagonal external Fisher, independent random gradients: the first step has energy δ in M = F + ε (ρ = 1),
+    later ones at most δ; the displacement since start_update() never leaves ½DᵀMD ≤ Δ, and start_update()
+    centres a new ball."""
+    torch.manual_seed(3)
+    param = torch.zeros(50, dtype=torch.float64, requires_grad=True)
+    fisher, eps, step_budget, trust = torch.rand(50, dtype=torch.float64) + 0.1, 1e-3, 1e-3, 2e-2
+    optimizer = LagrangianOptimizer(
+        [param],
+        rho=1.0,
+        betas=(0.0, 0.0),
+        eps=eps,
+        fisher_source="external",
+        step_rule="trust-region",
+        energy_budget=step_budget,
+        trust_budget=trust,
+    )
+    optimizer.set_fisher({param: DiagonalFisher(fisher)})
+    metric = fisher + eps
+    start, energies = param.detach().clone(), []
+    for _ in range(40):
+        before = param.detach().clone()
+        param.grad = torch.randn(50, dtype=torch.float64)
+        optimizer.step()
+        step, displacement = param.detach() - before, param.detach() - start
+        energies.append(float(0.5 * (displacement.square() * metric).sum()))
+        assert energies[-1] <= trust * (1 + 1e-9)
+        if energies[-1] < trust * (1 - 1e-9):  # not projected: at most δ (the first step's η caps the later ones)
+            assert float(0.5 * (step.square() * metric).sum()) <= step_budget * (1 + 1e-9)
+    assert max(energies) == pytest.approx(trust, rel=1e-9)  # 40 steps of up to δ = Δ/20 reach the ball's edge
+    assert energies[0] == pytest.approx(step_budget, rel=1e-9)
+    optimizer.start_update()
+    start = param.detach().clone()
+    param.grad = torch.randn(50, dtype=torch.float64)
+    optimizer.step()
+    displacement = param.detach() - start
+    assert float(0.5 * (displacement.square() * metric).sum()) == pytest.approx(step_budget, rel=1e-9)
+    assert optimizer.param_groups[0]["update_energy"] == pytest.approx(step_budget, rel=1e-9)
+    with pytest.raises(ValueError, match="trust_budget"):
+        LagrangianOptimizer([param], step_rule="trust-region", trust_budget=0.0)
