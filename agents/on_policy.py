@@ -89,14 +89,20 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         # Fisher presets: actor and critic as two param groups, so the step rule sizes each head's step.
         params = self.policy.parameters() if config is None else head_groups(self.policy)
         if config is not None:
-            # K steps on one rollout move coherently: δ/K² per step keeps the update's energy at δ.
             actor, critic = config.energy_budget, config.critic_energy_budget
             budgets = (
                 self.default_energy_budget[0] if actor is None else actor,
                 self.default_energy_budget[1] if critic is None else critic,
             )
+            steps = self._steps_per_update()
             for group, budget in zip(params, budgets):
-                group["energy_budget"] = budget / self._steps_per_update() ** 2
+                if config.step_rule == "trust-region":
+                    # The update's displacement is held in the ball of energy δ; δ/K per step lets K steps of
+                    # independent directions fill it (coherent ones reach it after √K, then slide along it).
+                    group["energy_budget"], group["trust_budget"] = budget / steps, budget
+                else:
+                    # K steps on one rollout move coherently: δ/K² per step keeps the update's energy at δ.
+                    group["energy_budget"] = budget / steps**2
         self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs
         self.policy.optimizer = optimizer_class(params, lr=self.lr_schedule(1), **optimizer_kwargs)
         if config is not None and config.fisher == "kfac":
@@ -128,6 +134,8 @@ class _LagrangianOnPolicy(TrajectoryMixin):
                 f"steps) stopped: {error}"
             ) from error
         self.num_updates += 1
+        if config is not None and config.step_rule == "trust-region":
+            self.logger.record("train/update_energy", self.policy.optimizer.param_groups[0]["update_energy"])
         if self.kl_controller is not None:
             kl = self._rollout_kl()
             start = self.lr_schedule(1.0)

@@ -48,9 +48,12 @@ class PreconditionerConfig:
             the actor and for the critic separately (their parameters are two param groups); SB3's
             ``learning_rate`` schedule then scales the step relative to its start (its absolute
             value does not matter) — ``"graft"`` — Adam's step length at ``learning_rate``, the Fisher
-            direction — or ``"lr"`` — ``θ ← θ − lr · u``.
-        energy_budget: ``δ`` of ``step_rule="energy"`` for the actor, per update (``train()`` call): the
-            ``K`` optimizer steps of an update each get ``δ/K²``, since steps on one rollout move together.
+            direction — ``"trust-region"`` — the whole update's displacement ``D`` held in ``½ DᵀMD ≤ δ``
+            by radial projection, each of its ``K`` steps of energy ``δ/K`` — or ``"lr"`` — ``θ ← θ − lr · u``.
+        energy_budget: ``δ`` of the energy-sized rules for the actor, per update (``train()`` call): under
+            ``"energy"`` the ``K`` optimizer steps of an update each get ``δ/K²``, since steps on one rollout
+            move together; under ``"trust-region"`` ``δ`` is the ball's energy (the agent logs the update's
+            ``½ DᵀMD`` as ``train/update_energy``).
             ``None``: the agent's default (``LagrangianPPO``: 3e-2; ``LagrangianA2C``: 1e-3, ACKTR's KL clip).
         critic_energy_budget: the same for the critic's own parameters, whose Fisher is that of
             ``N(V(s), σ²)`` with σ² the rollout's squared value error: ``½`` is a full Gauss–Newton step

@@ -277,3 +277,39 @@ def test_fisher_presets_split_actor_and_critic_and_share_the_update_budget_over_
     assert critic["energy_budget"] == pytest.approx(0.5 / steps**2)
     a2c = LagrangianA2C("MlpPolicy", cartpole(1), preconditioner=PreconditionerConfig(rho=1.0, energy_budget=2e-3))
     assert [group["energy_budget"] for group in a2c.policy.optimizer.param_groups] == [2e-3, 1e-3]
+
+
+def test_trust_region_preset_holds_each_updates_actor_displacement_in_its_fisher_ball():
+    """step_rule="trust-region": δ/K per step and the ball δ per update; the actor's displacement over a train()
+    call, measured in the K-FAC metric tr(Dᵀ(G + √ε)D(A + √ε)) from the parameters, ends on the ball's edge
+    (coherent full-batch steps reach it after √K) and is what the agent logs as train/update_energy."""
+    config = PreconditionerConfig(rho=0.5, step_rule="trust-region", energy_budget=1e-2)
+    model = LagrangianPPO(
+        "MlpPolicy",
+        cartpole(2),
+        n_steps=64,
+        batch_size=128,
+        n_epochs=16,
+        seed=0,
+        preconditioner=config,
+        policy_kwargs=dict(net_arch=[8]),
+    )
+    actor, critic = model.policy.optimizer.param_groups
+    steps = 16  # 16 full-batch epochs: steps on one batch are coherent and reach the ball's edge
+    assert (actor["energy_budget"], actor["trust_budget"]) == (pytest.approx(1e-2 / steps), 1e-2)
+    assert (critic["energy_budget"], critic["trust_budget"]) == (pytest.approx(0.5 / steps), 0.5)
+    model.learn(128)  # one rollout and its update
+    optimizer = model.policy.optimizer
+    before = {id(p): p.detach().clone() for p in actor["params"]}
+    model.train()
+    energy = 0.0
+    for block in optimizer.metric():
+        if block.params[0] not in {*actor["params"]}:
+            continue
+        displacement = torch.cat([(p.detach() - before[id(p)]).reshape(len(p), -1) for p in block.params], dim=1)
+        root = block.damping**0.5
+        a = block.metric.input_factor + root * torch.eye(displacement.shape[1])
+        g = block.metric.output_factor + root * torch.eye(displacement.shape[0])
+        energy += 0.5 * float(torch.trace(displacement.T @ g @ displacement @ a))
+    assert energy == pytest.approx(1e-2, rel=1e-5)  # coherent steps: without the ball it would be up to 16δ
+    assert model.logger.name_to_value["train/update_energy"] == pytest.approx(energy, rel=1e-4)
