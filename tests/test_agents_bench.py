@@ -84,3 +84,21 @@ def test_a_sweep_that_is_not_the_benchmark_is_refused(bench, tmp_path):
         bench.runs_from_sweeps([first, second])
     with pytest.raises(bench.ConfigError, match="holds no finished lagrl sweep"):
         bench.sweep_runs(tmp_path / "missing")
+
+
+def test_sweep_curves_read_each_trials_reports_and_keep_a_restored_trials_last(bench, tmp_path):
+    sweep = write_sweep(
+        tmp_path / "ppo", [trial("ppo", "adam", 0, 60_000, 500.0), trial("ppo", "natural", 0, None, 90.0)]
+    )
+    reports = {"0": [(10_000, None), (20_000, 30.0), (20_000, 35.0), (30_000, 80.0)], "1": [(10_000, 12.5)]}
+    for trial_id, lines in reports.items():
+        (sweep / "tune" / trial_id).mkdir(parents=True)
+        text = "".join(json.dumps({"timesteps": t, "train_mean": m, "done": False}) + "\n" for t, m in lines)
+        (sweep / "tune" / trial_id / "result.json").write_text(text)
+    rows, curves = bench.sweep_curves(sweep)
+    assert [row["preconditioner"] for row in rows] == ["adam", "natural"]
+    assert curves["1"] == [(10_000, 12.5)]
+    steps, means = zip(*curves["0"])
+    assert steps == (10_000, 20_000, 30_000) and math.isnan(means[0]) and means[1:] == (35.0, 80.0)
+    bench.draw_curves([sweep], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -150,6 +150,33 @@ def test_the_packaged_lunarlander_kl_control_sweep_changes_only_naturals_rule():
     assert (control.threshold, control.eval_episodes) == (lander.threshold, lander.eval_episodes)
 
 
+@pytest.mark.parametrize(
+    ("name", "slices"),
+    [
+        ("trust_region", ("agents_cartpole", "agents_acrobot", "agents_pendulum")),
+        ("trust_region_lunarlander", ("agents_lunarlander",)),
+    ],
+)
+def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_presets(name, slices):
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    sweep = load_sweep(name)
+    originals = [t for slice_name in slices for t in load_sweep(slice_name).trials()]
+    for preset in ("fisher-sqrt", "natural"):
+        variant = replace(resolve(preset), step_rule="trust-region")
+        runs = [t for t in sweep.trials() if resolve(t.preconditioner) == variant]
+        assert [(t.env, t.seed, t.timesteps) for t in runs] == [
+            (t.env, t.seed, t.timesteps) for t in originals if t.preset == preset
+        ]
+    assert len(sweep.trials()) == len([t for t in originals if t.preset in ("fisher-sqrt", "natural")])
+    reference = load_sweep(slices[0])
+    assert sweep.threshold == {env: v for s in slices for env, v in load_sweep(s).threshold.items()}
+    assert sweep.eval_episodes == reference.eval_episodes
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 

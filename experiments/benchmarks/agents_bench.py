@@ -36,6 +36,9 @@ finished without error), then summarises all of them: ``--seeds 5 --resume`` aft
 ``--from-sweeps DIR ...`` runs nothing: it prints (and ``--markdown`` writes) the same table from the finished
 trials of ``lagrl sweep`` runs of the benchmark's packaged sweeps (``agents_ppo``, ``agents_a2c``, ``agents_trpo``
 and their slices), ``ppo:adam`` and ``a2c:rmsprop`` under the names of the SB3 agents they equal bit for bit.
+With ``--curves PNG`` it also draws every algorithm's IQM training curve over its seeds, with bootstrap bands, one
+panel per env, from the reports the trials left under ``DIR/tune`` (so a variant's sweep can be drawn beside the
+sweep of the presets it varies).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from lagrl.agents import PRESETS
 from lagrl.agents.sweep_config import TrialSpec
-from lagrl.agents.sweep_summary import BASELINES
+from lagrl.agents.sweep_summary import BASELINES, curve_estimates, plot_curves
 from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import (
     ConfigError,
@@ -410,6 +413,36 @@ def sweep_runs(directory: Path) -> list[Run]:
     return runs
 
 
+def sweep_curves(directory: Path) -> tuple[list[dict[str, str]], dict[str, list[tuple[int, float]]]]:
+    """``--curves``: a sweep's ``trials.csv`` rows and each trial's reported ``(timesteps, train_mean)``, read from
+    Tune's ``DIR/tune/<trial_id>/result.json`` (one report per step: a restored trial's last)."""
+    with open(directory / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    curves = {}
+    for row in rows:
+        reports: dict[int, float] = {}
+        with open(directory / "tune" / row["trial_id"] / "result.json") as handle:
+            for line in handle:
+                if line.strip():
+                    report = json.loads(line)
+                    mean = report.get("train_mean")  # None before the first episode ends
+                    reports[int(report["timesteps"])] = math.nan if mean is None else float(mean)
+        curves[row["trial_id"]] = sorted(reports.items())
+    return rows, curves
+
+
+def draw_curves(directories: list[Path], path: Path) -> None:
+    """``--curves PNG``: :func:`sweep_curves` of every directory in one figure (lagrl.agents.sweep_summary's plot)."""
+    rows, curves = [], {}
+    for directory in directories:
+        found, reports = sweep_curves(directory)
+        rows += found
+        curves |= reports
+    envs = list(THRESHOLDS)
+    rows.sort(key=lambda row: envs.index(row["env"]))
+    plot_curves(curve_estimates(rows, curves, reps=2000, seed=0), THRESHOLDS, path)
+
+
 def runs_from_sweeps(directories: list[Path]) -> list[Run]:
     """:func:`sweep_runs` of every directory; a run (env, algorithm, seed, budget) found twice is refused."""
     runs: dict[tuple[str, str, int, int], tuple[Run, Path]] = {}
@@ -440,6 +473,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--from-sweeps", nargs="+", type=Path, metavar="DIR", help="summarise lagrl sweeps' trials instead of running"
     )
+    parser.add_argument("--curves", type=Path, metavar="PNG", help="with --from-sweeps: the training curves, drawn")
     return parser.parse_args()
 
 
@@ -464,12 +498,16 @@ def main() -> None:
         *(f"ppo:{name}" for name in args.presets),
         *(f"a2c:{name}" for name in args.a2c_presets),
     ]
+    if args.curves and not args.from_sweeps:
+        raise SystemExit("agents_bench: --curves draws the trials of --from-sweeps DIR ...; give --from-sweeps")
     if args.from_sweeps:
         rows = summarise_sweeps(args, algorithms)
         print(f"\n{text_table(rows)}")
         if args.markdown:
             with atomic_open(args.markdown) as handle:
                 handle.write(markdown_table(rows))
+        if args.curves:
+            draw_curves(args.from_sweeps, args.curves)
         return
     try:
         jobs = plan_jobs(args, algorithms)
