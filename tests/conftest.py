@@ -1,8 +1,11 @@
 """Shared fixtures: one torch thread, and a ``device`` fixture that runs each test on CPU and CUDA.
 
 Small-model CPU work on 2-core machines can be 10–50× slower with torch's default two threads, so the
-whole suite runs with one.
+whole suite runs with one. SB3's ``learn()`` without a log folder makes a ``/tmp/SB3-<time>`` directory
+(its logger's ``configure()``); ``SB3_LOGDIR`` keeps those of the suite in pytest's temporary folder.
 """
+
+import os
 
 import pytest
 import torch
@@ -25,3 +28,15 @@ DEVICES = [
 def device(request) -> torch.device:
     """The device a test runs on: CPU always, CUDA where one is present."""
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sb3_log_folder(tmp_path_factory):
+    """``SB3_LOGDIR`` for the session (subprocesses and Ray workers inherit it), restored afterwards."""
+    previous = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3"))
+    yield
+    if previous is None:
+        del os.environ["SB3_LOGDIR"]
+    else:
+        os.environ["SB3_LOGDIR"] = previous
