@@ -379,8 +379,7 @@ class LagrangianOptimizer(torch.optim.Optimizer):
             previous = state.get("displacement")
             state["displacement"] = step if previous is None else previous.add_(step)
             displacements.append(state["displacement"])
-        quadratics = [d.quadratic(x) for d, x in zip(directions, displacements) if d.quadratic is not None]
-        energy = 0.5 * torch.stack(quadratics).sum().item()
+        energy = 0.5 * torch.stack([d.quadratic(x) for d, x in zip(directions, displacements)]).sum().item()
         if energy > budget:
             shrink = math.sqrt(budget / energy)
             for direction, displacement in zip(directions, displacements):

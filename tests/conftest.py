@@ -5,8 +5,6 @@ whole suite runs with one. SB3's ``learn()`` without a log folder makes a ``/tmp
 (its logger's ``configure()``); ``SB3_LOGDIR`` keeps those of the suite in pytest's temporary folder.
 """
 
-import os
-
 import pytest
 import torch
 
@@ -33,10 +31,6 @@ def device(request) -> torch.device:
 @pytest.fixture(autouse=True, scope="session")
 def sb3_log_folder(tmp_path_factory):
     """``SB3_LOGDIR`` for the session (subprocesses and Ray workers inherit it), restored afterwards."""
-    previous = os.environ.get("SB3_LOGDIR")
-    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3"))
-    yield
-    if previous is None:
-        del os.environ["SB3_LOGDIR"]
-    else:
-        os.environ["SB3_LOGDIR"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3")))
+        yield

@@ -438,8 +438,6 @@ def draw_curves(directories: list[Path], path: Path) -> None:
         found, reports = sweep_curves(directory)
         rows += found
         curves |= reports
-    envs = list(THRESHOLDS)
-    rows.sort(key=lambda row: envs.index(row["env"]))
     plot_curves(curve_estimates(rows, curves, reps=2000, seed=0), THRESHOLDS, path)
 
 
