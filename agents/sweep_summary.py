@@ -42,13 +42,27 @@ def _rliable() -> tuple[Any, Any]:
 
 
 def _bootstrap(library: Any, scores: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
-    """``library.get_interval_estimates`` (percentile intervals), seeded; rliable's pass-through of
-    ``random_state`` to arch (a FutureWarning of arch ≥ 7) silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        return library.get_interval_estimates(
-            scores, func, reps=reps, confidence_interval_size=CONFIDENCE, random_state=numpy.random.RandomState(seed)
-        )
+    """``library.get_interval_estimates`` (percentile intervals), reproducible for a given ``seed``.
+
+    rliable's resampling (``StratifiedBootstrap.update_indices``) draws from NumPy's *global* generator and
+    ignores the ``random_state`` it hands on to arch, which seeds only arch's own generator; so the global
+    generator is seeded here for the call and its state restored afterwards (the caller's draws are
+    unchanged). arch ≥ 7's FutureWarning about ``random_state`` is silenced.
+    """
+    state = numpy.random.get_state()
+    numpy.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            return library.get_interval_estimates(
+                scores,
+                func,
+                reps=reps,
+                confidence_interval_size=CONFIDENCE,
+                random_state=numpy.random.RandomState(seed),
+            )
+    finally:
+        numpy.random.set_state(state)
 
 
 def iqm_interval(scores: numpy.ndarray, reps: int, seed: int) -> tuple[float, float, float]:

@@ -270,6 +270,21 @@ def test_iqm_and_probability_of_improvement_match_hand_computed_values():
     assert 0.0 <= low <= probability <= high <= 1.0
 
 
+def test_bootstrap_intervals_are_reproducible_and_leave_numpys_global_generator_alone():
+    from lagrl.agents.sweep_summary import improvement_interval, iqm_interval
+
+    scores = numpy.arange(10.0)
+    numpy.random.seed(123)
+    expected_draw = numpy.random.random()
+    numpy.random.seed(123)
+    first = iqm_interval(scores, reps=500, seed=0)
+    assert numpy.random.random() == expected_draw  # the caller's stream goes on where it was
+    assert iqm_interval(scores, reps=500, seed=0) == first
+    assert iqm_interval(scores, reps=500, seed=1) != first  # the seed chooses the resamples
+    x, y = numpy.array([1.0, 2.0, 3.0, 5.0]), numpy.array([2.0, 0.0, 4.0])
+    assert improvement_interval(x, y, reps=500, seed=0) == improvement_interval(x, y, reps=500, seed=0)
+
+
 def test_the_iqm_curve_is_rliables_per_step_iqm():
     from rliable import metrics
 
