@@ -1,6 +1,7 @@
 """experiments/benchmarks/agents_bench.py --from-sweeps: a sweep's trials.csv read back as the benchmark's runs and
 summarised as its table (medians, misses, ratios to SB3 PPO), checked against hand-worked numbers."""
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -102,3 +103,36 @@ def test_sweep_curves_read_each_trials_reports_and_keep_a_restored_trials_last(b
     assert steps == (10_000, 20_000, 30_000) and math.isnan(means[0]) and means[1:] == (35.0, 80.0)
     bench.draw_curves([sweep], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_presets_take_named_preconditioner_config_variants(bench):
+    algorithms, variants = bench.preset_variants(
+        "ppo", ["adam", "tr-half={rho: 0.5, step_rule: trust-region}"], "--presets"
+    )
+    assert algorithms == ["ppo:adam", "ppo:tr-half"]
+    assert variants == {"ppo:tr-half": {"rho": 0.5, "step_rule": "trust-region"}}
+    for bad, words in [
+        (["fisher"], "not a preset"),
+        (["natural={rho: 1}"], "new name"),
+        (["tr={rho: 0.5, radius: 1}"], "unknown preconditioner setting(s) ['radius']"),
+        (["tr=[0.5]"], "not a mapping"),
+        (["tr={step_rule: sideways}"], "unknown step_rule"),
+        (["adam", "adam"], "each name once"),
+    ]:
+        with pytest.raises(bench.ConfigError) as error:
+            bench.preset_variants("ppo", bad, "--presets")
+        assert words in str(error.value)
+
+
+def test_a_variant_runs_as_the_agent_its_config_describes(bench):
+    _, variants = bench.preset_variants("ppo", ["tr={rho: 1.0, step_rule: trust-region}"], "--presets")
+    args = argparse.Namespace(envs=["CartPole-v1"], seeds=1, lagrl_hyperparams=[], timesteps=["CartPole-v1=256"])
+    args.budget_scale = 1.0
+    (job,) = bench.plan_jobs(args, ["ppo:tr"], variants)
+    model = bench.build_model(bench.make_plan(job.env, job.algorithm, job.seed, job.overrides), device="cpu")
+    actor, critic = model.policy.optimizer.param_groups
+    assert (actor["rho"], actor["step_rule"], critic["step_rule"]) == (1.0, "trust-region", "trust-region")
+    steps = model._steps_per_update()
+    assert actor["trust_budget"] == pytest.approx(3e-2) and actor["energy_budget"] == pytest.approx(3e-2 / steps)
+    result = bench.run(job)
+    assert result.error is None and result.timesteps == 256 and result.fps > 0

@@ -16,6 +16,12 @@ recorded with its error. Printed per env × algorithm: steps to threshold, media
 ``a2c:`` presets), the final evaluation, median [min, max], and the median fps with the same ratios. ``--json``
 writes every run, ``--markdown`` the summary as a table for the README.
 
+``--presets`` and ``--a2c-presets`` take preset names or ``NAME={FIELD: VALUE, ...}``, a
+:class:`~lagrl.agents.PreconditionerConfig` of those fields run as ``ppo:NAME`` (``a2c:NAME``), so a variant of a
+preset (another step rule, say) is measured beside the anchors in the same run, e.g.
+``--presets adam fisher-sqrt "tr-half={rho: 0.5, step_rule: trust-region}"``. A run is known by its env, algorithm
+name, seed and budget (``--resume`` reuses by these), so give a changed variant a new name.
+
 ``--lagrl-hyperparams KEY=VALUE ...`` overrides the zoo settings of the lagrl presets only (the anchors keep
 the zoo's); ``ppo:KEY=VALUE`` or ``a2c:KEY=VALUE`` overrides one family only. Runs go to ``--jobs`` worker
 processes (default 2: this machine has 2 cores; each run uses one torch thread). Needs the ``bench`` extra
@@ -63,6 +69,7 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from lagrl.agents import PRESETS
+from lagrl.agents.preconditioners import resolve
 from lagrl.agents.sweep_config import TrialSpec
 from lagrl.agents.sweep_summary import BASELINES, curve_estimates, plot_curves
 from lagrl.agents.threshold import ThresholdWatch
@@ -100,6 +107,7 @@ COLUMNS = (
 )
 
 Overrides = dict[str, dict[str, Any]]  # lagrl family → --lagrl-hyperparams
+Variants = dict[str, dict[str, Any]]  # "family:NAME" → the PreconditionerConfig fields of --presets NAME={...}
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,8 @@ def make_plan(env_id: str, algorithm: str, seed: int, overrides: dict[str, Any])
     family, _, name = algorithm.partition(":")
     if family == "sb3":
         return replace(plan_run(name, env_id, {}, seed=seed), agent=ANCHORS[algorithm])
-    return plan_run(family, env_id, overrides, preconditioner=name, seed=seed)
+    # a preset by its name; a variant (--presets NAME={...}) by the PreconditionerConfig in its overrides
+    return plan_run(family, env_id, overrides, preconditioner=name if name in PRESETS else None, seed=seed)
 
 
 def run(job: Job) -> Run:
@@ -317,6 +326,37 @@ def lagrl_overrides(items: list[str]) -> Overrides:
     return overrides
 
 
+def preset_variants(family: str, items: list[str], option: str) -> tuple[list[str], Variants]:
+    """``--presets`` items: ``family:NAME`` for each, and the ``PreconditionerConfig`` fields of each ``NAME={...}``.
+
+    A name without ``=`` must be a preset; a variant's name must be new (not a preset, no ``:``) and its value a
+    mapping that :func:`~lagrl.agents.preconditioners.resolve` accepts (checked here, before any run).
+    """
+    algorithms, variants = [], {}
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals:
+            if name not in PRESETS:
+                raise ConfigError(f"{option} {name}: not a preset; choose one of {PRESETS} or give NAME={{rho: ...}}")
+        else:
+            if not name or name in PRESETS or ":" in name:
+                raise ConfigError(f"{option} {item}: a variant needs a new name (not one of {PRESETS}, no ':')")
+            try:
+                config = yaml.safe_load(text)
+                if not isinstance(config, dict):
+                    raise ValueError(f"{text!r} is not a mapping")
+                resolve(config)
+            except (yaml.YAMLError, ValueError, TypeError) as error:
+                raise ConfigError(
+                    f"{option} {item}: give NAME={{FIELD: VALUE, ...}} with PreconditionerConfig's fields ({error})"
+                ) from None
+            variants[f"{family}:{name}"] = config
+        algorithms.append(f"{family}:{name}")
+    if len(set(algorithms)) < len(algorithms):
+        raise ConfigError(f"{option}: each name once, got {items}")
+    return algorithms, variants
+
+
 def timestep_overrides(items: list[str]) -> dict[str, int]:
     """``--timesteps ENV=N`` as a mapping (``N`` may be written ``1e5``)."""
     budgets = {}
@@ -333,13 +373,16 @@ def timestep_overrides(items: list[str]) -> dict[str, int]:
     return budgets
 
 
-def plan_jobs(args: argparse.Namespace, algorithms: list[str]) -> list[Job]:
+def plan_jobs(args: argparse.Namespace, algorithms: list[str], variants: Variants | None = None) -> list[Job]:
     """Every run of the benchmark, its budget resolved and its settings checked (a bad key fails here)."""
     overrides, budgets = lagrl_overrides(args.lagrl_hyperparams), timestep_overrides(args.timesteps)
+    variants = variants or {}
     jobs = []
     for env_id in args.envs:
         for algorithm in algorithms:
             extra = overrides.get(algorithm.partition(":")[0], {})
+            if algorithm in variants:
+                extra = {**extra, "preconditioner": variants[algorithm]}
             try:
                 zoo = make_plan(env_id, algorithm, 0, extra).timesteps
             except ConfigError as error:
@@ -460,8 +503,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--envs", nargs="+", default=list(THRESHOLDS), choices=list(THRESHOLDS))
     parser.add_argument("--anchors", nargs="*", default=list(ANCHORS), choices=list(ANCHORS))
-    parser.add_argument("--presets", nargs="*", default=["adam", "fisher-sqrt", "natural"], choices=PRESETS)
-    parser.add_argument("--a2c-presets", nargs="*", default=["rmsprop", "natural"], choices=PRESETS)
+    parser.add_argument("--presets", nargs="*", default=["adam", "fisher-sqrt", "natural"], metavar="PRESET|NAME={...}")
+    parser.add_argument("--a2c-presets", nargs="*", default=["rmsprop", "natural"], metavar="PRESET|NAME={...}")
     parser.add_argument("--timesteps", nargs="*", default=[], metavar="ENV=N", help="budget of every algorithm")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every budget")
     parser.add_argument("--lagrl-hyperparams", nargs="*", default=[], metavar="[FAMILY:]KEY=VALUE")
@@ -491,11 +534,12 @@ def summarise_sweeps(args: argparse.Namespace, algorithms: list[str]) -> list[Ro
 
 def main() -> None:
     args = parse_arguments()
-    algorithms = [
-        *args.anchors,
-        *(f"ppo:{name}" for name in args.presets),
-        *(f"a2c:{name}" for name in args.a2c_presets),
-    ]
+    try:
+        ppo, ppo_variants = preset_variants("ppo", args.presets, "--presets")
+        a2c, a2c_variants = preset_variants("a2c", args.a2c_presets, "--a2c-presets")
+    except ConfigError as error:
+        raise SystemExit(f"agents_bench: {error}") from None
+    algorithms = [*args.anchors, *ppo, *a2c]
     if args.curves and not args.from_sweeps:
         raise SystemExit("agents_bench: --curves draws the trials of --from-sweeps DIR ...; give --from-sweeps")
     if args.from_sweeps:
@@ -508,7 +552,7 @@ def main() -> None:
             draw_curves(args.from_sweeps, args.curves)
         return
     try:
-        jobs = plan_jobs(args, algorithms)
+        jobs = plan_jobs(args, algorithms, {**ppo_variants, **a2c_variants})
     except ConfigError as error:
         raise SystemExit(f"agents_bench: {error}") from None
     if args.resume and not args.json:
