@@ -177,6 +177,24 @@ def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_pre
     assert sweep.eval_episodes == reference.eval_episodes
 
 
+def test_the_packaged_energy_budget_sweep_changes_only_the_budget_of_fisher_sqrt():
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    sweep = load_sweep("energy_budget")
+    slices = ("agents_cartpole", "agents_acrobot", "agents_pendulum")
+    originals = [t for name in slices for t in load_sweep(name).trials() if t.preset == "fisher-sqrt"]
+    for budget in (0.1, 0.3):
+        variant = replace(resolve("fisher-sqrt"), energy_budget=budget)
+        runs = [t for t in sweep.trials() if resolve(t.preconditioner) == variant]
+        assert [(t.env, t.seed, t.timesteps) for t in runs] == [(t.env, t.seed, t.timesteps) for t in originals]
+    assert len(sweep.trials()) == 2 * len(originals)
+    assert sweep.threshold == {env: v for name in slices for env, v in load_sweep(name).threshold.items()}
+    assert sweep.eval_episodes == load_sweep(slices[0]).eval_episodes
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 
