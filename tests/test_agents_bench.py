@@ -1,5 +1,6 @@
 """experiments/benchmarks/agents_bench.py --from-sweeps: a sweep's trials.csv read back as the benchmark's runs and
-summarised as its table (medians, misses, ratios to SB3 PPO), checked against hand-worked numbers."""
+summarised as its table (medians, misses, ratios to SB3 PPO), checked against hand-worked numbers; and --presets
+NAME={...} variants, parsed, refused where malformed, and run as the agent their config describes."""
 
 import argparse
 import csv
