@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,23 +43,14 @@ def _rliable() -> tuple[Any, Any]:
 def _bootstrap(library: Any, scores: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
     """``library.get_interval_estimates`` (percentile intervals), reproducible for a given ``seed``.
 
-    rliable's resampling (``StratifiedBootstrap.update_indices``) draws from NumPy's *global* generator and
-    ignores the ``random_state`` it hands on to arch, which seeds only arch's own generator; so the global
-    generator is seeded here for the call and its state restored afterwards (the caller's draws are
-    unchanged). arch ≥ 7's FutureWarning about ``random_state`` is silenced.
+    rliable's resampling (``update_indices`` of its stratified bootstraps) draws from NumPy's *global* generator,
+    not from the ``random_state`` it would hand on to arch (which only arch's own resamplers use); so the global
+    generator is seeded here for the call and its state restored afterwards (the caller's draws are unchanged).
     """
     state = numpy.random.get_state()
     numpy.random.seed(seed)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-            return library.get_interval_estimates(
-                scores,
-                func,
-                reps=reps,
-                confidence_interval_size=CONFIDENCE,
-                random_state=numpy.random.RandomState(seed),
-            )
+        return library.get_interval_estimates(scores, func, reps=reps, confidence_interval_size=CONFIDENCE)
     finally:
         numpy.random.set_state(state)
 
