@@ -28,7 +28,7 @@ from lagrl.agents.preconditioners import PreconditionerConfig, policy_optimizer,
 from lagrl.agents.trajectory import TrajectoryMixin, optimizer_metric
 from lagrl.fisher import DiagonalFisher, KroneckerFisher
 from lagrl.optim import NonFiniteGradientError
-from lagrl.step_size import KLController
+from lagrl.step_size import RULE_SPLITS, KLController, step_budget
 
 
 def head_groups(policy: ActorCriticPolicy) -> list[dict[str, Any]]:
@@ -94,15 +94,15 @@ class _LagrangianOnPolicy(TrajectoryMixin):
                 self.default_energy_budget[0] if actor is None else actor,
                 self.default_energy_budget[1] if critic is None else critic,
             )
-            steps = self._steps_per_update()
+            epochs, minibatches = self._update_shape()
+            # energy: K steps on one rollout move coherently, δ/K² each keeps the update's energy at δ; trust-region:
+            # the update's displacement is held in the ball of energy δ, δ/K per step lets K steps of independent
+            # directions fill it (coherent ones reach it after √K, then slide along it); budget_split overrides.
+            split = config.budget_split or RULE_SPLITS.get(config.step_rule, "coherent")
             for group, budget in zip(params, budgets):
+                group["energy_budget"] = step_budget(budget, epochs, minibatches, split)
                 if config.step_rule == "trust-region":
-                    # The update's displacement is held in the ball of energy δ; δ/K per step lets K steps of
-                    # independent directions fill it (coherent ones reach it after √K, then slide along it).
-                    group["energy_budget"], group["trust_budget"] = budget / steps, budget
-                else:
-                    # K steps on one rollout move coherently: δ/K² per step keeps the update's energy at δ.
-                    group["energy_budget"] = budget / steps**2
+                    group["trust_budget"] = budget
         self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs
         self.policy.optimizer = optimizer_class(params, lr=self.lr_schedule(1), **optimizer_kwargs)
         if config is not None and config.fisher == "kfac":
@@ -194,8 +194,8 @@ class _LagrangianOnPolicy(TrajectoryMixin):
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         raise NotImplementedError
 
-    def _steps_per_update(self) -> int:
-        """Optimizer steps per ``train()`` call."""
+    def _update_shape(self) -> tuple[int, int]:
+        """``(N, M)``: a ``train()`` call takes ``N`` epochs of ``M`` optimizer steps."""
         raise NotImplementedError
 
 
@@ -222,9 +222,9 @@ class LagrangianPPO(_LagrangianOnPolicy, PPO):
     def __init__(self, policy: Any, env: Any, *args: Any, preconditioner: Any = "adam", **kwargs: Any) -> None:
         super().__init__(policy, env, *args, **self._configure(policy, preconditioner, kwargs))
 
-    def _steps_per_update(self) -> int:
+    def _update_shape(self) -> tuple[int, int]:
         """``n_epochs`` passes over the rollout in minibatches of ``batch_size``."""
-        return self.n_epochs * math.ceil(self.n_steps * self.n_envs / self.batch_size)
+        return self.n_epochs, math.ceil(self.n_steps * self.n_envs / self.batch_size)
 
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         """PPO's loss (clipped surrogate, value and entropy terms) on one batch, as SB3 computes it."""
@@ -258,9 +258,9 @@ class LagrangianA2C(_LagrangianOnPolicy, A2C):
         # use_rms_prop=False keeps SB3 from writing RMSprop into policy_kwargs; the preset's optimizer replaces it.
         super().__init__(policy, env, *args, use_rms_prop=use_rms_prop and self.sb3_optimizer, **kwargs)
 
-    def _steps_per_update(self) -> int:
+    def _update_shape(self) -> tuple[int, int]:
         """One step on the whole rollout."""
-        return 1
+        return 1, 1
 
     def _loss(self, data: RolloutBufferSamples) -> Tensor:
         """A2C's loss (policy gradient, value and entropy terms) on the rollout, as SB3 computes it."""

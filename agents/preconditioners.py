@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from lagrl.optim import LagrangianAdam, LagrangianOptimizer, LagrangianRMSprop
+from lagrl.step_size import BUDGET_SPLITS, SCALED_RULES
 
 PRESETS = ("adam", "rmsprop", "fisher-sqrt", "natural")
 FISHER_KINDS = ("true", "gradients")
@@ -59,6 +60,11 @@ class PreconditionerConfig:
             ``N(V(s), σ²)`` with σ² the rollout's squared value error: ``½`` is a full Gauss–Newton step
             of the critic towards its targets, smaller values a fraction ``sqrt(2δ)`` of it. ``None``: the
             agent's default (``LagrangianPPO``: ½; ``LagrangianA2C``: 1e-3, ACKTR's clip for both heads).
+        budget_split: how an update's ``δ`` is split over its ``K = N·M`` steps (``N`` epochs of ``M``
+            minibatches; :func:`~lagrl.step_size.step_budget`): ``"coherent"`` ``δ/K²``, ``"independent"``
+            ``δ/K``, ``"epochs"`` ``δ/(M·N²)`` (an epoch's minibatches independent, the epochs coherent; ours).
+            ``None``: the rule's own (``"energy"``: coherent; ``"trust-region"``: independent). Only for the
+            energy-sized rules.
         kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
             adapts after every update (``train()`` call) to the measured KL between the rollout's
             and the new policy.
@@ -76,6 +82,7 @@ class PreconditionerConfig:
     energy_budget: float | None = None
     critic_energy_budget: float | None = None
     kl_target: float | None = None
+    budget_split: str | None = None
 
     def __post_init__(self) -> None:
         if self.fisher not in ("kfac", "diagonal"):
@@ -92,6 +99,15 @@ class PreconditionerConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
+        if self.budget_split is not None and self.budget_split not in BUDGET_SPLITS:
+            raise ValueError(
+                f"budget_split must be one of {BUDGET_SPLITS} (or None: the rule's own), got {self.budget_split!r}"
+            )
+        if self.budget_split is not None and self.step_rule not in SCALED_RULES:
+            raise ValueError(
+                f"budget_split splits an energy budget; step_rule={self.step_rule!r} has none: drop budget_split "
+                f"or choose a step_rule of {SCALED_RULES}"
+            )
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be positive (or None), got {self.kl_target!r}")
         # The optimizer validates rho, damping, betas and the step rule; fail here, at configuration time.

@@ -18,6 +18,8 @@ about ``F/B`` for minibatches of ``B``). Four rules whose scale does not come fr
   ``min L(θ₀ + D)`` s.t. ``½ DᵀMD ≤ Δ``, TRPO's problem solved by first-order steps instead of conjugate
   gradients); incoherent ones random-walk inside it. ``δ = Δ/K`` for ``K`` steps per update: ``K``
   steps of independent directions fill the ball, coherent ones reach it after ``√K``.
+  How an update's budget is split over its steps is :func:`step_budget`'s choice (the agents'
+  ``budget_split``): each rule has its own, and ``"epochs"`` sits between them for PPO's epochs of minibatches.
 - ``"graft"``: the direction of the Fisher step with the length of Adam's step on the same block
   (Agarwal et al. 2020, "Disentangling adaptive gradient methods"): ``η_b = ‖Δθ_b^{Adam}‖ / ‖u_b‖``.
 - a controller on each update's measured KL (:class:`KLController`): the scale is multiplied or
@@ -32,6 +34,28 @@ import numbers
 
 STEP_RULES = ("lr", "energy", "graft", "trust-region")
 SCALED_RULES = ("energy", "trust-region")  # the rules whose step is sized by its kinetic energy
+BUDGET_SPLITS = ("coherent", "independent", "epochs")
+RULE_SPLITS = {"energy": "coherent", "trust-region": "independent"}  # each scaled rule's own split
+
+
+def step_budget(budget: float, epochs: int, minibatches: int, split: str) -> float:
+    """The energy of each of an update's ``K = N·M`` steps (``N`` epochs of ``M`` minibatches) under ``split``.
+
+    ``"coherent"``: ``δ/K²`` — the steps move together, their lengths add, so ``K`` of them have energy ``δ``.
+    ``"independent"``: ``δ/K`` — their directions are independent, their energies add.
+    ``"epochs"`` (ours): ``δ/(M·N²)`` — an epoch's minibatches are disjoint samples of the rollout, so their
+    energies add; the epochs repeat the same samples, so their displacements add as lengths. The three agree
+    where ``K = 1``; ``"epochs"`` is ``"coherent"`` for full-batch epochs (``M = 1``) and ``"independent"``
+    for one epoch (``N = 1``).
+    """
+    if split not in BUDGET_SPLITS:
+        raise ValueError(f"unknown budget_split {split!r}; choose one of {BUDGET_SPLITS} (or None: the rule's own)")
+    steps = epochs * minibatches
+    if split == "coherent":
+        return budget / steps**2
+    if split == "independent":
+        return budget / steps
+    return budget / (minibatches * epochs**2)
 
 
 def energy_step_size(energy: float, budget: float) -> float:

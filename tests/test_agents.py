@@ -279,6 +279,31 @@ def test_fisher_presets_split_actor_and_critic_and_share_the_update_budget_over_
     assert [group["energy_budget"] for group in a2c.policy.optimizer.param_groups] == [2e-3, 1e-3]
 
 
+def test_budget_split_sets_each_steps_energy_from_the_updates_epochs_and_minibatches():
+    """budget_split="epochs": δ/(M·N²) per step for both heads (N = 3 epochs of M = 4 minibatches), the ball δ."""
+    config = PreconditionerConfig(step_rule="trust-region", budget_split="epochs")
+    model = LagrangianPPO("MlpPolicy", cartpole(2), n_steps=32, batch_size=16, n_epochs=3, preconditioner=config)
+    actor, critic = model.policy.optimizer.param_groups
+    assert (actor["energy_budget"], actor["trust_budget"]) == (pytest.approx(3e-2 / (4 * 3**2)), 3e-2)
+    assert (critic["energy_budget"], critic["trust_budget"]) == (pytest.approx(0.5 / (4 * 3**2)), 0.5)
+    with pytest.raises(ValueError, match="budget_split must be one of"):
+        PreconditionerConfig(budget_split="by-layer")
+    with pytest.raises(ValueError, match="step_rule='graft' has none: drop budget_split"):
+        PreconditionerConfig(step_rule="graft", budget_split="epochs")
+
+
+def test_the_epoch_split_trust_region_with_full_batch_epochs_is_the_energy_rule():
+    """With M = 1 the split is δ/N² and N steps of that energy have a displacement of energy ≤ δ (triangle
+    inequality in the fixed metric of the update), so the ball never binds: the parameters follow fisher-sqrt's."""
+    settings = dict(n_steps=64, batch_size=128, n_epochs=8, seed=0, policy_kwargs=dict(net_arch=[8]))
+    split = PreconditionerConfig(step_rule="trust-region", budget_split="epochs")
+    model = LagrangianPPO("MlpPolicy", cartpole(2), preconditioner=split, **settings).learn(256)
+    energy = LagrangianPPO("MlpPolicy", cartpole(2), preconditioner="fisher-sqrt", **settings).learn(256)
+    assert 0.0 < model.logger.name_to_value["train/update_energy"] <= 3e-2 * (1 + 1e-6)
+    assert torch.allclose(flat(model), flat(energy), rtol=0, atol=1e-6)
+    assert not torch.equal(flat(model), flat(LagrangianPPO("MlpPolicy", cartpole(2), **settings)))
+
+
 def test_trust_region_preset_holds_each_updates_actor_displacement_in_its_fisher_ball():
     """step_rule="trust-region": δ/K per step and the ball δ per update; the actor's displacement over a train()
     call, measured in the K-FAC metric tr(Dᵀ(G + √ε)D(A + √ε)) from the parameters, ends on the ball's edge

@@ -133,7 +133,8 @@ def test_a_variant_runs_as_the_agent_its_config_describes(bench):
     model = bench.build_model(bench.make_plan(job.env, job.algorithm, job.seed, job.overrides), device="cpu")
     actor, critic = model.policy.optimizer.param_groups
     assert (actor["rho"], actor["step_rule"], critic["step_rule"]) == (1.0, "trust-region", "trust-region")
-    steps = model._steps_per_update()
+    epochs, minibatches = model._update_shape()
+    steps = epochs * minibatches
     assert actor["trust_budget"] == pytest.approx(3e-2) and actor["energy_budget"] == pytest.approx(3e-2 / steps)
     result = bench.run(job)
     assert result.error is None and result.timesteps == 256 and result.fps > 0

@@ -9,7 +9,7 @@ from torch import nn
 from helpers import random_spd
 from lagrl.fisher import DiagonalFisher, KroneckerFisher
 from lagrl.optim import LagrangianOptimizer
-from lagrl.step_size import KLController, energy_step_size
+from lagrl.step_size import KLController, energy_step_size, step_budget
 
 
 def dense_power(matrix: torch.Tensor, exponent: float) -> torch.Tensor:
@@ -188,6 +188,21 @@ def test_energy_rule_caps_later_steps_of_an_update_at_the_first_steps_size():
     param.grad = torch.tensor([0.2, 0.0], dtype=torch.float64)
     optimizer.step()  # a new update: the full budget again, Δθ = −1
     assert torch.allclose(param.detach(), torch.tensor([-3.1, 0.0], dtype=torch.float64))
+
+
+def test_step_budget_splits_an_update_over_its_epochs_and_minibatches():
+    """K = N·M steps: coherent steps δ/K² (K of them sum to length sqrt(2δ)), independent δ/K (energies add), and
+    "epochs" δ/(M·N²): M independent minibatches an epoch, N coherent epochs, so that the update's energy is δ."""
+    budget, epochs, minibatches = 0.03, 10, 64
+    assert step_budget(budget, epochs, minibatches, "coherent") == pytest.approx(budget / 640**2)
+    assert step_budget(budget, epochs, minibatches, "independent") == pytest.approx(budget / 640)
+    epoch_split = step_budget(budget, epochs, minibatches, "epochs")
+    # M independent steps of energy e make an epoch of energy M·e; N coherent epochs of that energy make N²·M·e.
+    assert epochs**2 * (minibatches * epoch_split) == pytest.approx(budget)
+    assert step_budget(budget, 20, 1, "epochs") == step_budget(budget, 20, 1, "coherent")  # full-batch epochs
+    assert step_budget(budget, 1, 64, "epochs") == step_budget(budget, 1, 64, "independent")  # one epoch
+    with pytest.raises(ValueError, match="unknown budget_split 'noisy'.*epochs"):
+        step_budget(budget, 1, 1, "noisy")
 
 
 def test_kl_controller_target_follows_a_schedule():

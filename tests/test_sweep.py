@@ -195,6 +195,21 @@ def test_the_packaged_energy_budget_sweep_changes_only_the_budget_of_fisher_sqrt
     assert sweep.eval_episodes == load_sweep(slices[0]).eval_episodes
 
 
+def test_the_packaged_budget_split_sweep_changes_only_the_split_of_the_trust_region_at_rho_one_half():
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import PreconditionerConfig, resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    sweep = load_sweep("budget_split")
+    trust_region = PreconditionerConfig(rho=0.5, step_rule="trust-region")
+    originals = [t for t in load_sweep("trust_region").trials() if resolve(t.preconditioner) == trust_region]
+    runs = sweep.trials()
+    assert {resolve(t.preconditioner) for t in runs} == {replace(trust_region, budget_split="epochs")}
+    assert [(t.env, t.seed, t.timesteps) for t in runs] == [(t.env, t.seed, t.timesteps) for t in originals]
+    assert (sweep.threshold, sweep.eval_episodes) == (load_sweep("trust_region").threshold, 20)
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 
