@@ -232,10 +232,13 @@ def plot_curves(estimates: dict[str, dict[str, Any]], thresholds: dict[str, floa
     from matplotlib.ticker import EngFormatter
 
     figure, axes = plt.subplots(1, len(estimates), figsize=(5.5 * len(estimates), 4), squeeze=False)
+    names = list(dict.fromkeys(name for methods in estimates.values() for name in methods))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: cycle[index % len(cycle)] for index, name in enumerate(names)}  # a method keeps its colour
     for axis, (env, methods) in zip(axes[0], estimates.items()):
         for name, curve in methods.items():
-            (line,) = axis.plot(curve["steps"], curve["iqm"], label=name)
-            axis.fill_between(curve["steps"], curve["band"][0], curve["band"][1], color=line.get_color(), alpha=0.2)
+            axis.plot(curve["steps"], curve["iqm"], label=name, color=colors[name])
+            axis.fill_between(curve["steps"], curve["band"][0], curve["band"][1], color=colors[name], alpha=0.2)
         if env in thresholds:
             axis.axhline(thresholds[env], color="black", linestyle="--", linewidth=1, label="threshold")
         axis.set_title(f"{env}: IQM over seeds, {CONFIDENCE:.0%} bootstrap band", fontsize="medium")

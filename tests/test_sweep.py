@@ -329,6 +329,21 @@ def test_the_iqm_curve_is_rliables_per_step_iqm():
     numpy.testing.assert_allclose(iqm_along_steps(scores), expected, rtol=1e-12)
 
 
+def test_a_method_keeps_its_colour_in_every_panel_of_the_curves(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from lagrl.agents.sweep_summary import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure plot_curves would close
+    curve = {"steps": [1, 2], "iqm": [0.0, 1.0], "band": ([0.0, 0.5], [0.5, 1.5])}
+    # the second panel lacks "b": the cycle alone would give "c" the colour "b" has in the first
+    plot_curves({"A": {"a": curve, "b": curve, "c": curve}, "B": {"a": curve, "c": curve}}, {}, tmp_path / "c.png")
+    colours = [{line.get_label(): line.get_color() for line in axis.get_lines()} for axis in figures[0].axes]
+    assert colours[0]["c"] == colours[1]["c"] and colours[0]["a"] == colours[1]["a"]
+    assert len(set(colours[0].values())) == 3
+
+
 # Real Ray -------------------------------------------------------------------------------------------------------
 
 ray = pytest.importorskip("ray", reason="the sweep extra is not installed")
