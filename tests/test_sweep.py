@@ -195,7 +195,7 @@ def test_the_packaged_energy_budget_sweep_changes_only_the_budget_of_fisher_sqrt
     assert sweep.eval_episodes == load_sweep(slices[0]).eval_episodes
 
 
-def test_the_packaged_budget_split_sweep_changes_only_the_split_of_the_trust_region_at_rho_one_half():
+def test_the_packaged_budget_split_sweep_is_the_trust_region_at_rho_one_half_split_by_epochs_beside_its_references():
     from dataclasses import replace
 
     from lagrl.agents.preconditioners import PreconditionerConfig, resolve
@@ -204,9 +204,14 @@ def test_the_packaged_budget_split_sweep_changes_only_the_split_of_the_trust_reg
     sweep = load_sweep("budget_split")
     trust_region = PreconditionerConfig(rho=0.5, step_rule="trust-region")
     originals = [t for t in load_sweep("trust_region").trials() if resolve(t.preconditioner) == trust_region]
-    runs = sweep.trials()
-    assert {resolve(t.preconditioner) for t in runs} == {replace(trust_region, budget_split="epochs")}
-    assert [(t.env, t.seed, t.timesteps) for t in runs] == [(t.env, t.seed, t.timesteps) for t in originals]
+    split = [t for t in sweep.trials() if resolve(t.preconditioner) == replace(trust_region, budget_split="epochs")]
+    assert [(t.env, t.seed, t.timesteps) for t in split] == [(t.env, t.seed, t.timesteps) for t in originals]
+    own = [t for t in sweep.trials() if resolve(t.preconditioner) == trust_region]
+    assert [(t.env, t.seed, t.timesteps) for t in own] == [(t.env, t.seed, t.timesteps) for t in originals]
+    slices = [t for name in ("cartpole", "acrobot", "pendulum") for t in load_sweep(f"agents_{name}").trials()]
+    references = [t for t in sweep.trials() if t.preconditioner in ("adam", "fisher-sqrt")]
+    assert sorted(references, key=repr) == sorted([t for t in slices if t.preconditioner != "natural"], key=repr)
+    assert len(sweep.trials()) == len(split) + len(own) + len(references) == 60
     assert (sweep.threshold, sweep.eval_episodes) == (load_sweep("trust_region").threshold, 20)
 
 
