@@ -347,6 +347,8 @@ def test_a_method_keeps_its_colour_in_every_panel_of_the_curves(tmp_path, monkey
     colours = [{line.get_label(): line.get_color() for line in axis.get_lines()} for axis in figures[0].axes]
     assert colours[0]["c"] == colours[1]["c"] and colours[0]["a"] == colours[1]["a"]
     assert len(set(colours[0].values())) == 3
+    monkeypatch.undo()
+    plt.close(figures[0])
 
 
 # Real Ray -------------------------------------------------------------------------------------------------------
