@@ -211,7 +211,9 @@ def test_the_packaged_budget_split_sweep_is_the_trust_region_at_rho_one_half_spl
     slices = [t for name in ("cartpole", "acrobot", "pendulum") for t in load_sweep(f"agents_{name}").trials()]
     references = [t for t in sweep.trials() if t.preconditioner in ("adam", "fisher-sqrt")]
     assert sorted(references, key=repr) == sorted([t for t in slices if t.preconditioner != "natural"], key=repr)
-    assert len(sweep.trials()) == len(split) + len(own) + len(references) == 60
+    energy = [t for t in sweep.trials() if resolve(t.preconditioner) == PreconditionerConfig(budget_split="epochs")]
+    assert [(t.env, t.seed, t.timesteps) for t in energy] == [(t.env, t.seed, t.timesteps) for t in originals]
+    assert len(sweep.trials()) == len(split) + len(own) + len(references) + len(energy) == 75
     assert (sweep.threshold, sweep.eval_episodes) == (load_sweep("trust_region").threshold, 20)
 
 
