@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lagrl.optim import LagrangianAdam, LagrangianOptimizer, LagrangianRMSprop
-from lagrl.step_size import BUDGET_SPLITS, SCALED_RULES
+from lagrl.step_size import SCALED_RULES, check_budget_split
 
 PRESETS = ("adam", "rmsprop", "fisher-sqrt", "natural")
 FISHER_KINDS = ("true", "gradients")
@@ -99,10 +99,8 @@ class PreconditionerConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
-        if self.budget_split is not None and self.budget_split not in BUDGET_SPLITS:
-            raise ValueError(
-                f"budget_split must be one of {BUDGET_SPLITS} (or None: the rule's own), got {self.budget_split!r}"
-            )
+        if self.budget_split is not None:
+            check_budget_split(self.budget_split)
         if self.budget_split is not None and self.step_rule not in SCALED_RULES:
             raise ValueError(
                 f"budget_split splits an energy budget; step_rule={self.step_rule!r} has none: drop budget_split "

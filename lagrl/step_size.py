@@ -48,8 +48,7 @@ def step_budget(budget: float, epochs: int, minibatches: int, split: str) -> flo
     where ``K = 1``; ``"epochs"`` is ``"coherent"`` for full-batch epochs (``M = 1``) and ``"independent"``
     for one epoch (``N = 1``).
     """
-    if split not in BUDGET_SPLITS:
-        raise ValueError(f"unknown budget_split {split!r}; choose one of {BUDGET_SPLITS} (or None: the rule's own)")
+    check_budget_split(split)
     steps = epochs * minibatches
     if split == "coherent":
         return budget / steps**2
@@ -73,6 +72,14 @@ def check_step_rule(step_rule: str, energy_budget: float, trust_budget: float | 
     for name, budget in budgets:
         if not (isinstance(budget, numbers.Real) and 0.0 < budget < math.inf):
             raise ValueError(f"{name} must be positive and finite, got {budget}")
+
+
+def check_budget_split(split: str) -> None:
+    """Raise, naming the choices, for an unknown :func:`step_budget` split."""
+    if split not in BUDGET_SPLITS:
+        raise ValueError(
+            f"unknown budget_split {split!r}: budget_split must be one of {BUDGET_SPLITS} (or None: the rule's own)"
+        )
 
 
 class KLController:
