@@ -7,8 +7,8 @@
                A2C's ``alpha = 0.99``, ``eps = 1e-5``.
 ``"fisher-sqrt"``  ρ = ½ with the *true* Fisher of the agent's predictive distribution (actions drawn
                from π; THEORY §5), K-FAC form, refreshed every update (our reading of the paper's
-               postulate for policies).
-``"natural"``  ρ = 1, the same Fisher: a K-FAC natural gradient.
+               postulate for policies); the energy rule with ``budget_split="epochs"``.
+``"natural"``  ρ = 1, the same Fisher: a K-FAC natural gradient (the energy rule's own split).
 =============  =====================================================================================
 
 Any other setting is a :class:`PreconditionerConfig` (or a ``dict`` of its fields).
@@ -51,10 +51,9 @@ class PreconditionerConfig:
             value does not matter) — ``"graft"`` — Adam's step length at ``learning_rate``, the Fisher
             direction — ``"trust-region"`` — the whole update's displacement ``D`` held in ``½ DᵀMD ≤ δ``
             by radial projection, each of its ``K`` steps of energy ``δ/K`` — or ``"lr"`` — ``θ ← θ − lr · u``.
-        energy_budget: ``δ`` of the energy-sized rules for the actor, per update (``train()`` call): under
-            ``"energy"`` the ``K`` optimizer steps of an update each get ``δ/K²``, since steps on one rollout
-            move together; under ``"trust-region"`` ``δ`` is the ball's energy (the agent logs the update's
-            ``½ DᵀMD`` as ``train/update_energy``).
+        energy_budget: ``δ`` of the energy-sized rules for the actor, per update (``train()`` call), split over
+            the update's ``K`` optimizer steps by ``budget_split``; under ``"trust-region"`` ``δ`` is also the
+            ball's energy (the agent logs the update's ``½ DᵀMD`` as ``train/update_energy``).
             ``None``: the agent's default (``LagrangianPPO``: 3e-2; ``LagrangianA2C``: 1e-3, ACKTR's KL clip).
         critic_energy_budget: the same for the critic's own parameters, whose Fisher is that of
             ``N(V(s), σ²)`` with σ² the rollout's squared value error: ``½`` is a full Gauss–Newton step
@@ -63,8 +62,9 @@ class PreconditionerConfig:
         budget_split: how an update's ``δ`` is split over its ``K = N·M`` steps (``N`` epochs of ``M``
             minibatches; :func:`~lagrl.step_size.step_budget`): ``"coherent"`` ``δ/K²``, ``"independent"``
             ``δ/K``, ``"epochs"`` ``δ/(M·N²)`` (an epoch's minibatches independent, the epochs coherent; ours).
-            ``None``: the rule's own (``"energy"``: coherent; ``"trust-region"``: independent). Only for the
-            energy-sized rules.
+            ``None``: the rule's own (``"energy"``: coherent, since steps on one rollout move together;
+            ``"trust-region"``: independent). Only for the energy-sized rules. The preset ``"fisher-sqrt"`` is the
+            energy rule with ``"epochs"``.
         kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
             adapts after every update (``train()`` call) to the measured KL between the rollout's
             and the new policy.
@@ -139,7 +139,7 @@ def resolve(preconditioner: str | PreconditionerConfig | dict[str, Any]) -> str 
             )
         return PreconditionerConfig(**preconditioner)
     if preconditioner == "fisher-sqrt":
-        return PreconditionerConfig(rho=0.5)
+        return PreconditionerConfig(rho=0.5, budget_split="epochs")
     if preconditioner == "natural":
         return PreconditionerConfig(rho=1.0)
     if preconditioner in PRESETS:

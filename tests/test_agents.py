@@ -279,6 +279,16 @@ def test_fisher_presets_split_actor_and_critic_and_share_the_update_budget_over_
     assert [group["energy_budget"] for group in a2c.policy.optimizer.param_groups] == [2e-3, 1e-3]
 
 
+def test_fisher_sqrt_splits_its_update_budget_by_epochs():
+    """The preset's steps get δ/(M·N²) (N = 3 epochs of M = 2 minibatches), no ball; A2C's one step gets δ."""
+    model = LagrangianPPO("MlpPolicy", cartpole(1), n_steps=16, batch_size=8, n_epochs=3, preconditioner="fisher-sqrt")
+    actor, critic = model.policy.optimizer.param_groups
+    assert (actor["energy_budget"], critic["energy_budget"]) == (pytest.approx(3e-2 / 18), pytest.approx(0.5 / 18))
+    assert actor["trust_budget"] is None and model.policy.optimizer.defaults["step_rule"] == "energy"
+    a2c = LagrangianA2C("MlpPolicy", cartpole(1), preconditioner="fisher-sqrt")
+    assert [group["energy_budget"] for group in a2c.policy.optimizer.param_groups] == [1e-3, 1e-3]
+
+
 def test_budget_split_sets_each_steps_energy_from_the_updates_epochs_and_minibatches():
     """budget_split="epochs": δ/(M·N²) per step for both heads (N = 3 epochs of M = 4 minibatches), the ball δ."""
     config = PreconditionerConfig(step_rule="trust-region", budget_split="epochs")

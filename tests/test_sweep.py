@@ -24,6 +24,10 @@ from lagrl.agents.threshold import ThresholdWatch
 from lagrl.agents.training import ConfigError, build_model, evaluate, evaluation_env, plan_run
 from lagrl.cli import main
 
+# The Fisher presets as the step-rule sweeps measured them: the energy rule at its own split (δ/K² per step), which
+# natural still is and fisher-sqrt was until it took budget_split="epochs"; those sweeps' YAMLs vary these.
+MEASURED_AS = {"fisher-sqrt": {"rho": 0.5}, "natural": {"rho": 1.0}}
+
 BASE = {"algo": "ppo", "env": "CartPole-v1", "preconditioner": "adam", "seeds": [0], "timesteps": 1024}
 
 
@@ -97,7 +101,6 @@ def test_the_packaged_slices_are_the_benchmarks_slices(name, full, envs, seeds):
 
 
 def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slice():
-    from dataclasses import replace
 
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
@@ -107,7 +110,7 @@ def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slic
     assert (rules.threshold, rules.eval_episodes) == (cartpole.threshold, cartpole.eval_episodes)
     variants = [resolve(t.preconditioner) for t in rules.trials() if isinstance(t.preconditioner, dict)]
     expected = [
-        replace(resolve(preset), **change)
+        resolve({**MEASURED_AS[preset], **change})
         for preset in ("fisher-sqrt", "natural")
         for change in ({"step_rule": "graft"}, {"kl_target": 0.03})
     ]
@@ -115,7 +118,6 @@ def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slic
 
 
 def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_pendulum_slices():
-    from dataclasses import replace
 
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
@@ -127,7 +129,7 @@ def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_
     )
     variants = [t for t in control.trials() if isinstance(t.preconditioner, dict)]
     for preset in ("fisher-sqrt", "natural"):
-        variant = replace(resolve(preset), kl_target=0.03)
+        variant = resolve({**MEASURED_AS[preset], "kl_target": 0.03})
         runs = [t for t in variants if resolve(t.preconditioner) == variant]
         assert [(t.env, t.seed, t.timesteps) for t in runs] == [
             (t.env, t.seed, t.timesteps) for t in slices if t.preset == preset
@@ -136,14 +138,13 @@ def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_
 
 
 def test_the_packaged_lunarlander_kl_control_sweep_changes_only_naturals_rule():
-    from dataclasses import replace
 
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
 
     control, lander = load_sweep("kl_control_lunarlander"), load_sweep("agents_lunarlander")
     natural = [t for t in lander.trials() if t.preset == "natural" and t.seed in (0, 1)]  # its first two seeds
-    assert [replace(resolve("natural"), kl_target=0.03)] * len(natural) == [
+    assert [resolve({**MEASURED_AS["natural"], "kl_target": 0.03})] * len(natural) == [
         resolve(t.preconditioner) for t in control.trials()
     ]
     assert [(t.env, t.seed, t.timesteps) for t in control.trials()] == [(t.env, t.seed, t.timesteps) for t in natural]
@@ -158,7 +159,6 @@ def test_the_packaged_lunarlander_kl_control_sweep_changes_only_naturals_rule():
     ],
 )
 def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_presets(name, slices):
-    from dataclasses import replace
 
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
@@ -166,7 +166,7 @@ def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_pre
     sweep = load_sweep(name)
     originals = [t for slice_name in slices for t in load_sweep(slice_name).trials()]
     for preset in ("fisher-sqrt", "natural"):
-        variant = replace(resolve(preset), step_rule="trust-region")
+        variant = resolve({**MEASURED_AS[preset], "step_rule": "trust-region"})
         runs = [t for t in sweep.trials() if resolve(t.preconditioner) == variant]
         assert [(t.env, t.seed, t.timesteps) for t in runs] == [
             (t.env, t.seed, t.timesteps) for t in originals if t.preset == preset
@@ -177,17 +177,16 @@ def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_pre
     assert sweep.eval_episodes == reference.eval_episodes
 
 
-def test_the_packaged_energy_budget_sweep_changes_only_the_budget_of_fisher_sqrt():
-    from dataclasses import replace
-
-    from lagrl.agents.preconditioners import resolve
+def test_the_packaged_energy_budget_sweep_changes_only_the_budget_of_the_energy_rule_at_its_own_split():
+    """fisher-sqrt as it was measured there (the energy rule's own, coherent split), with larger budgets."""
+    from lagrl.agents.preconditioners import PreconditionerConfig, resolve
     from lagrl.agents.sweep_config import load_sweep
 
     sweep = load_sweep("energy_budget")
     slices = ("agents_cartpole", "agents_acrobot", "agents_pendulum")
     originals = [t for name in slices for t in load_sweep(name).trials() if t.preset == "fisher-sqrt"]
     for budget in (0.1, 0.3):
-        variant = replace(resolve("fisher-sqrt"), energy_budget=budget)
+        variant = PreconditionerConfig(rho=0.5, energy_budget=budget)
         runs = [t for t in sweep.trials() if resolve(t.preconditioner) == variant]
         assert [(t.env, t.seed, t.timesteps) for t in runs] == [(t.env, t.seed, t.timesteps) for t in originals]
     assert len(sweep.trials()) == 2 * len(originals)
@@ -209,11 +208,15 @@ def test_the_packaged_budget_split_sweep_is_the_trust_region_at_rho_one_half_spl
     own = [t for t in sweep.trials() if resolve(t.preconditioner) == trust_region]
     assert [(t.env, t.seed, t.timesteps) for t in own] == [(t.env, t.seed, t.timesteps) for t in originals]
     slices = [t for name in ("cartpole", "acrobot", "pendulum") for t in load_sweep(f"agents_{name}").trials()]
-    references = [t for t in sweep.trials() if t.preconditioner in ("adam", "fisher-sqrt")]
-    assert sorted(references, key=repr) == sorted([t for t in slices if t.preconditioner != "natural"], key=repr)
-    energy = [t for t in sweep.trials() if resolve(t.preconditioner) == PreconditionerConfig(budget_split="epochs")]
+    references = [t for t in sweep.trials() if t.preconditioner == "adam"]
+    assert sorted(references, key=repr) == sorted([t for t in slices if t.preconditioner == "adam"], key=repr)
+    # fisher-sqrt as the agents slices measured it (the energy rule's own split), and as it is now (the epoch split)
+    coherent = [t for t in sweep.trials() if resolve(t.preconditioner) == PreconditionerConfig(budget_split="coherent")]
+    fisher_sqrt = [(t.env, t.seed, t.timesteps) for t in slices if t.preconditioner == "fisher-sqrt"]
+    assert [(t.env, t.seed, t.timesteps) for t in coherent] == fisher_sqrt
+    energy = [t for t in sweep.trials() if resolve(t.preconditioner) == resolve("fisher-sqrt")]
     assert [(t.env, t.seed, t.timesteps) for t in energy] == [(t.env, t.seed, t.timesteps) for t in originals]
-    assert len(sweep.trials()) == len(split) + len(own) + len(references) + len(energy) == 75
+    assert len(sweep.trials()) == len(split) + len(own) + len(references) + len(coherent) + len(energy) == 75
     assert (sweep.threshold, sweep.eval_episodes) == (load_sweep("trust_region").threshold, 20)
 
 
