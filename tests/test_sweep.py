@@ -101,7 +101,6 @@ def test_the_packaged_slices_are_the_benchmarks_slices(name, full, envs, seeds):
 
 
 def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slice():
-
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
 
@@ -118,7 +117,6 @@ def test_the_packaged_step_rule_sweep_changes_only_the_rule_of_the_cartpole_slic
 
 
 def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_pendulum_slices():
-
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
 
@@ -138,7 +136,6 @@ def test_the_packaged_kl_control_sweep_changes_only_the_rule_of_the_acrobot_and_
 
 
 def test_the_packaged_lunarlander_kl_control_sweep_changes_only_naturals_rule():
-
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
 
@@ -159,7 +156,6 @@ def test_the_packaged_lunarlander_kl_control_sweep_changes_only_naturals_rule():
     ],
 )
 def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_presets(name, slices):
-
     from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
 
@@ -179,14 +175,14 @@ def test_the_packaged_trust_region_sweeps_change_only_the_rule_of_the_fisher_pre
 
 def test_the_packaged_energy_budget_sweep_changes_only_the_budget_of_the_energy_rule_at_its_own_split():
     """fisher-sqrt as it was measured there (the energy rule's own, coherent split), with larger budgets."""
-    from lagrl.agents.preconditioners import PreconditionerConfig, resolve
+    from lagrl.agents.preconditioners import resolve
     from lagrl.agents.sweep_config import load_sweep
 
     sweep = load_sweep("energy_budget")
     slices = ("agents_cartpole", "agents_acrobot", "agents_pendulum")
     originals = [t for name in slices for t in load_sweep(name).trials() if t.preset == "fisher-sqrt"]
     for budget in (0.1, 0.3):
-        variant = PreconditionerConfig(rho=0.5, energy_budget=budget)
+        variant = resolve({**MEASURED_AS["fisher-sqrt"], "energy_budget": budget})
         runs = [t for t in sweep.trials() if resolve(t.preconditioner) == variant]
         assert [(t.env, t.seed, t.timesteps) for t in runs] == [(t.env, t.seed, t.timesteps) for t in originals]
     assert len(sweep.trials()) == 2 * len(originals)
