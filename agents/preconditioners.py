@@ -101,11 +101,11 @@ class PreconditionerConfig:
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
         if self.budget_split is not None:
             check_budget_split(self.budget_split)
-        if self.budget_split is not None and self.step_rule not in SCALED_RULES:
-            raise ValueError(
-                f"budget_split splits an energy budget; step_rule={self.step_rule!r} has none: drop budget_split "
-                f"or choose a step_rule of {SCALED_RULES}"
-            )
+            if self.step_rule not in SCALED_RULES:
+                raise ValueError(
+                    f"budget_split splits an energy budget; step_rule={self.step_rule!r} has none: drop budget_split "
+                    f"or choose a step_rule of {SCALED_RULES}"
+                )
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be positive (or None), got {self.kl_target!r}")
         # The optimizer validates rho, damping, betas and the step rule; fail here, at configuration time.
