@@ -97,10 +97,12 @@ class _LagrangianOnPolicy(TrajectoryMixin):
             epochs, minibatches = self._update_shape()
             # energy: K steps on one rollout move coherently, δ/K² each keeps the update's energy at δ; trust-region:
             # the update's displacement is held in the ball of energy δ, δ/K per step lets K steps of independent
-            # directions fill it (coherent ones reach it after √K, then slide along it); budget_split overrides.
+            # directions fill it (coherent ones reach it after √K, then slide along it); budget_split (both heads) and
+            # critic_budget_split (the critic's) override.
             split = config.budget_split or RULE_SPLITS.get(config.step_rule, "coherent")
-            for group, budget in zip(params, budgets):
-                group["energy_budget"] = step_budget(budget, epochs, minibatches, split)
+            splits = (split, config.critic_budget_split or split)
+            for group, budget, head_split in zip(params, budgets, splits):
+                group["energy_budget"] = step_budget(budget, epochs, minibatches, head_split)
                 if config.step_rule == "trust-region":
                     group["trust_budget"] = budget
         self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs

@@ -65,6 +65,8 @@ class PreconditionerConfig:
             ``None``: the rule's own (``"energy"``: coherent, since steps on one rollout move together;
             ``"trust-region"``: independent). Only for the energy-sized rules. The preset ``"fisher-sqrt"`` is the
             energy rule with ``"epochs"``.
+        critic_budget_split: the same for the critic's own parameters (``critic_energy_budget``), where the
+            heads are to be split differently; ``None``: as ``budget_split``.
         kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
             adapts after every update (``train()`` call) to the measured KL between the rollout's
             and the new policy.
@@ -83,6 +85,7 @@ class PreconditionerConfig:
     critic_energy_budget: float | None = None
     kl_target: float | None = None
     budget_split: str | None = None
+    critic_budget_split: str | None = None
 
     def __post_init__(self) -> None:
         if self.fisher not in ("kfac", "diagonal"):
@@ -99,13 +102,15 @@ class PreconditionerConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
-        if self.budget_split is not None:
-            check_budget_split(self.budget_split)
-            if self.step_rule not in SCALED_RULES:
-                raise ValueError(
-                    f"budget_split splits an energy budget; step_rule={self.step_rule!r} has none: drop budget_split "
-                    f"or choose a step_rule of {SCALED_RULES}"
-                )
+        for name in ("budget_split", "critic_budget_split"):
+            split = getattr(self, name)
+            if split is not None:
+                check_budget_split(split, name)
+                if self.step_rule not in SCALED_RULES:
+                    raise ValueError(
+                        f"{name} splits an energy budget; step_rule={self.step_rule!r} has none: drop {name} "
+                        f"or choose a step_rule of {SCALED_RULES}"
+                    )
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be positive (or None), got {self.kl_target!r}")
         # The optimizer validates rho, damping, betas and the step rule; fail here, at configuration time.

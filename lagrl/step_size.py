@@ -74,12 +74,10 @@ def check_step_rule(step_rule: str, energy_budget: float, trust_budget: float | 
             raise ValueError(f"{name} must be positive and finite, got {budget}")
 
 
-def check_budget_split(split: str) -> None:
-    """Raise, naming the choices, for an unknown :func:`step_budget` split."""
+def check_budget_split(split: str, name: str = "budget_split") -> None:
+    """Raise, naming the setting ``name`` and the choices, for an unknown :func:`step_budget` split."""
     if split not in BUDGET_SPLITS:
-        raise ValueError(
-            f"unknown budget_split {split!r}: budget_split must be one of {BUDGET_SPLITS} (or None: the rule's own)"
-        )
+        raise ValueError(f"unknown {name} {split!r}: {name} must be one of {BUDGET_SPLITS} or None")
 
 
 class KLController:

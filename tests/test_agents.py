@@ -302,6 +302,26 @@ def test_budget_split_sets_each_steps_energy_from_the_updates_epochs_and_minibat
         PreconditionerConfig(step_rule="graft", budget_split="epochs")
 
 
+def test_critic_budget_split_splits_the_critics_budget_apart_from_the_actors():
+    """critic_budget_split: the critic's ½ over its K = N·M steps by its own split (N = 3, M = 4), the actor's δ by
+    budget_split; None follows budget_split."""
+    config = PreconditionerConfig(budget_split="coherent", critic_budget_split="epochs")
+    model = LagrangianPPO("MlpPolicy", cartpole(2), n_steps=32, batch_size=16, n_epochs=3, preconditioner=config)
+    actor, critic = model.policy.optimizer.param_groups
+    assert (actor["energy_budget"], critic["energy_budget"]) == (pytest.approx(3e-2 / 12**2), pytest.approx(0.5 / 36))
+    follows = LagrangianPPO(
+        "MlpPolicy", cartpole(2), n_steps=32, batch_size=16, n_epochs=3, preconditioner=dict(budget_split="independent")
+    )
+    assert [group["energy_budget"] for group in follows.policy.optimizer.param_groups] == [
+        pytest.approx(3e-2 / 12),
+        pytest.approx(0.5 / 12),
+    ]
+    with pytest.raises(ValueError, match="unknown critic_budget_split 'by-layer': critic_budget_split must be one of"):
+        PreconditionerConfig(critic_budget_split="by-layer")
+    with pytest.raises(ValueError, match="step_rule='lr' has none: drop critic_budget_split"):
+        PreconditionerConfig(step_rule="lr", critic_budget_split="coherent")
+
+
 def test_the_epoch_split_trust_region_with_full_batch_epochs_is_the_energy_rule():
     """With M = 1 the split is δ/N² and N steps of that energy have a displacement of energy ≤ δ (triangle
     inequality in the fixed metric of the update), so the ball never binds: the parameters follow fisher-sqrt's."""

@@ -216,6 +216,31 @@ def test_the_packaged_budget_split_sweep_is_the_trust_region_at_rho_one_half_spl
     assert (sweep.threshold, sweep.eval_episodes) == (load_sweep("trust_region").threshold, 20)
 
 
+def test_the_packaged_head_split_sweep_crosses_the_two_splits_over_the_heads_beside_its_references():
+    from lagrl.agents.preconditioners import PreconditionerConfig, resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    sweep = load_sweep("head_split")
+    slices = [t for name in ("acrobot", "pendulum") for t in load_sweep(f"agents_{name}").trials()]
+    runs = [(t.env, t.seed, t.timesteps) for t in slices if t.preconditioner == "adam"]
+    crossed = {
+        PreconditionerConfig(budget_split="coherent"),
+        PreconditionerConfig(budget_split="epochs"),
+        PreconditionerConfig(budget_split="epochs", critic_budget_split="coherent"),
+        PreconditionerConfig(budget_split="coherent", critic_budget_split="epochs"),
+    }
+    assert resolve("fisher-sqrt") in crossed
+    for config in crossed:
+        assert [(t.env, t.seed, t.timesteps) for t in sweep.trials() if resolve(t.preconditioner) == config] == runs
+    assert sorted((t for t in sweep.trials() if t.preconditioner == "adam"), key=repr) == sorted(
+        (t for t in slices if t.preconditioner == "adam"), key=repr
+    )
+    assert len(sweep.trials()) == 5 * len(runs) == 50
+    assert sweep.threshold == {
+        env: v for name in ("acrobot", "pendulum") for env, v in load_sweep(f"agents_{name}").threshold.items()
+    }
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 
