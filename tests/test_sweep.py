@@ -241,6 +241,21 @@ def test_the_packaged_head_split_sweep_crosses_the_two_splits_over_the_heads_bes
     }
 
 
+def test_the_packaged_acrobot_seeds_sweep_extends_the_acrobot_trials_to_ten_seeds():
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    sweep, acrobot = load_sweep("acrobot_seeds"), load_sweep("agents_acrobot")
+    crossed = [resolve(t.preconditioner) for t in load_sweep("head_split").trials() if t.env == "Acrobot-v1"]
+    configs = {resolve(t.preconditioner) for t in sweep.trials()}
+    assert configs <= set(crossed) and len(configs) == 4
+    for config in configs:
+        runs = [(t.seed, t.timesteps, t.hyperparams) for t in sweep.trials() if resolve(t.preconditioner) == config]
+        assert runs == [(seed, 200_000, {}) for seed in range(10)]
+    assert {(t.env, t.seed) for t in acrobot.trials()} == {(t.env, t.seed) for t in sweep.trials() if t.seed < 5}
+    assert (sweep.threshold, sweep.eval_episodes) == (acrobot.threshold, acrobot.eval_episodes)
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 
