@@ -221,7 +221,8 @@ def test_the_packaged_head_split_sweep_crosses_the_two_splits_over_the_heads_bes
     from lagrl.agents.sweep_config import load_sweep
 
     sweep = load_sweep("head_split")
-    slices = [t for name in ("acrobot", "pendulum") for t in load_sweep(f"agents_{name}").trials()]
+    slice_sweeps = [load_sweep(f"agents_{name}") for name in ("acrobot", "pendulum")]
+    slices = [t for slice_sweep in slice_sweeps for t in slice_sweep.trials()]
     runs = [(t.env, t.seed, t.timesteps) for t in slices if t.preconditioner == "adam"]
     crossed = {
         PreconditionerConfig(budget_split="coherent"),
@@ -236,9 +237,7 @@ def test_the_packaged_head_split_sweep_crosses_the_two_splits_over_the_heads_bes
         (t for t in slices if t.preconditioner == "adam"), key=repr
     )
     assert len(sweep.trials()) == 5 * len(runs) == 50
-    assert sweep.threshold == {
-        env: v for name in ("acrobot", "pendulum") for env, v in load_sweep(f"agents_{name}").threshold.items()
-    }
+    assert sweep.threshold == {env: v for slice_sweep in slice_sweeps for env, v in slice_sweep.threshold.items()}
 
 
 def test_the_packaged_acrobot_seeds_sweep_extends_the_acrobot_trials_to_ten_seeds():
@@ -246,9 +245,9 @@ def test_the_packaged_acrobot_seeds_sweep_extends_the_acrobot_trials_to_ten_seed
     from lagrl.agents.sweep_config import load_sweep
 
     sweep, acrobot = load_sweep("acrobot_seeds"), load_sweep("agents_acrobot")
-    crossed = [resolve(t.preconditioner) for t in load_sweep("head_split").trials() if t.env == "Acrobot-v1"]
+    head_split = {resolve(t.preconditioner) for t in load_sweep("head_split").trials() if t.env == "Acrobot-v1"}
     configs = {resolve(t.preconditioner) for t in sweep.trials()}
-    assert configs <= set(crossed) and len(configs) == 4
+    assert configs <= head_split and len(configs) == 4
     for config in configs:
         runs = [(t.seed, t.timesteps, t.hyperparams) for t in sweep.trials() if resolve(t.preconditioner) == config]
         assert runs == [(seed, 200_000, {}) for seed in range(10)]
