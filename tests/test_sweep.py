@@ -571,8 +571,12 @@ def test_a_killed_worker_is_retried_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(_sweep_command(config, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: len(_checkpoints(out)) >= 1, 300, "a checkpoint")
-        (result,) = (out / "tune").glob("*/result.json")
+        # the trial writes its checkpoint before Tune's driver writes the report's result.json: wait for both
+        def reported() -> list[Path]:
+            return [f for f in (out / "tune").glob("*/result.json") if f.read_text().strip()]
+
+        _wait_for(lambda: len(_checkpoints(out)) >= 1 and reported(), 300, "a checkpoint and its report")
+        (result,) = reported()
         worker = json.loads(result.read_text().splitlines()[-1])["pid"]
         os.kill(worker, signal.SIGKILL)  # the trial's own worker process, by its id
         output = process.communicate(timeout=400)[0].decode()
