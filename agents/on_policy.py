@@ -28,7 +28,7 @@ from lagrl.agents.preconditioners import PreconditionerConfig, policy_optimizer,
 from lagrl.agents.trajectory import TrajectoryMixin, optimizer_metric
 from lagrl.fisher import DiagonalFisher, KroneckerFisher
 from lagrl.optim import NonFiniteGradientError
-from lagrl.step_size import RULE_SPLITS, KLController, step_budget
+from lagrl.step_size import RULE_SPLITS, KLController, signal_fraction, step_budget
 
 
 def head_groups(policy: ActorCriticPolicy) -> list[dict[str, Any]]:
@@ -89,28 +89,62 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         # Fisher presets: actor and critic as two param groups, so the step rule sizes each head's step.
         params = self.policy.parameters() if config is None else head_groups(self.policy)
         if config is not None:
-            actor, critic = config.energy_budget, config.critic_energy_budget
-            budgets = (
-                self.default_energy_budget[0] if actor is None else actor,
-                self.default_energy_budget[1] if critic is None else critic,
-            )
-            epochs, minibatches = self._update_shape()
-            # energy: K steps on one rollout move coherently, δ/K² each keeps the update's energy at δ; trust-region:
-            # the update's displacement is held in the ball of energy δ, δ/K per step lets K steps of independent
-            # directions fill it (coherent ones reach it after √K, then slide along it); budget_split (both heads) and
-            # critic_budget_split (the critic's) override.
-            split = config.budget_split or RULE_SPLITS.get(config.step_rule, "coherent")
-            splits = (split, config.critic_budget_split or split)
-            for group, budget, head_split in zip(params, budgets, splits):
-                group["energy_budget"] = step_budget(budget, epochs, minibatches, head_split)
-                if config.step_rule == "trust-region":
-                    group["trust_budget"] = budget
+            for group, budgets in zip(params, self._head_budgets(config)):
+                group.update(budgets)
         self.policy.optimizer_class, self.policy.optimizer_kwargs = optimizer_class, optimizer_kwargs
         self.policy.optimizer = optimizer_class(params, lr=self.lr_schedule(1), **optimizer_kwargs)
         if config is not None and config.fisher == "kfac":
             self.policy.optimizer.attach(self.policy)
         if config is not None and config.kl_target is not None and self.kl_controller is None:
             self.kl_controller = KLController(config.kl_target)
+
+    def _head_budgets(
+        self, config: PreconditionerConfig, scales: tuple[float, float] = (1.0, 1.0)
+    ) -> list[dict[str, float]]:
+        """Each head's ``energy_budget`` per step (and ``trust_budget`` per update): its update budget times its scale.
+
+        energy: K steps on one rollout move coherently, δ/K² each keeps the update's energy at δ; trust-region: the
+        update's displacement is held in the ball of energy δ, δ/K per step lets K steps of independent directions
+        fill it (coherent ones reach it after √K, then slide along it); budget_split (both heads) and
+        critic_budget_split (the critic's) override.
+        """
+        actor, critic = config.energy_budget, config.critic_energy_budget
+        budgets = (
+            self.default_energy_budget[0] if actor is None else actor,
+            self.default_energy_budget[1] if critic is None else critic,
+        )
+        epochs, minibatches = self._update_shape()
+        split = config.budget_split or RULE_SPLITS.get(config.step_rule, "coherent")
+        heads = []
+        for budget, head_split, scale in zip(budgets, (split, config.critic_budget_split or split), scales):
+            head = {"energy_budget": step_budget(budget * scale, epochs, minibatches, head_split)}
+            if config.step_rule == "trust-region":
+                head["trust_budget"] = budget * scale
+            heads.append(head)
+        return heads
+
+    def _scale_budgets_by_signal(self, config: PreconditionerConfig) -> None:
+        """``signal_groups``: this update's budgets times each head's signal fraction ``φ`` (logged)."""
+        groups = self.policy.optimizer.param_groups
+        fractions = self._signal_fractions(config.signal_groups, [group["params"] for group in groups])
+        for group, budgets in zip(groups, self._head_budgets(config, (*fractions, 1.0)[:2])):
+            group.update(budgets)
+        for name, fraction in zip(("train/signal_fraction", "train/critic_signal_fraction"), fractions):
+            self.logger.record(name, fraction)
+
+    def _signal_fractions(self, groups: int, heads: list[list[Tensor]]) -> list[float]:
+        """Each head's :func:`~lagrl.step_size.signal_fraction` over the loss gradients of ``groups`` disjoint random
+        groups of the rollout (fewer where the rollout is smaller), at the parameters the update starts from."""
+        size = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
+        self.policy.set_training_mode(True)
+        params = [p for head in heads for p in head]
+        gradients: list[list[Tensor]] = [[] for _ in heads]
+        for data in self.rollout_buffer.get(math.ceil(size / min(groups, size))):
+            grads = torch.autograd.grad(self._loss(data), params, allow_unused=True)
+            by_param = {p: torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)}
+            for head, flat in zip(heads, gradients):
+                flat.append(torch.cat([by_param[p].reshape(-1) for p in head]))
+        return [signal_fraction(flat) for flat in gradients]
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         """SB3's schedule, times the KL controller's scale on the actor's param group where there is one."""
@@ -123,6 +157,8 @@ class _LagrangianOnPolicy(TrajectoryMixin):
         config = self._config
         if config is not None:
             self.policy.optimizer.start_update()
+        if config is not None and config.signal_groups is not None:
+            self._scale_budgets_by_signal(config)
         if config is not None and config.fisher_kind == "true" and self.num_updates % config.refresh_interval == 0:
             observations = rollout_observations(self.rollout_buffer, self.device)
             self.policy.set_training_mode(False)

@@ -70,6 +70,12 @@ class PreconditionerConfig:
         kl_target: if set, a :class:`~lagrl.step_size.KLController` multiplies the step by a scale it
             adapts after every update (``train()`` call) to the measured KL between the rollout's
             and the new policy.
+        signal_groups: if set (``G ≥ 2``), each update's energy budgets (both heads) are multiplied by the
+            signal fraction ``φ`` of the head's rollout gradient (:func:`~lagrl.step_size.signal_fraction`, in
+            the Euclidean norm, the energy's metric at ρ = ½; ours), estimated before the update's first step
+            from the gradients of the algorithm's loss on ``G`` disjoint random groups of the rollout; the
+            agent logs ``train/signal_fraction`` (actor) and ``train/critic_signal_fraction``. Only for the
+            energy-sized rules.
     """
 
     rho: float = 0.5
@@ -86,6 +92,7 @@ class PreconditionerConfig:
     kl_target: float | None = None
     budget_split: str | None = None
     critic_budget_split: str | None = None
+    signal_groups: int | None = None
 
     def __post_init__(self) -> None:
         if self.fisher not in ("kfac", "diagonal"):
@@ -111,6 +118,15 @@ class PreconditionerConfig:
                         f"{name} splits an energy budget; step_rule={self.step_rule!r} has none: drop {name} "
                         f"or choose a step_rule of {SCALED_RULES}"
                     )
+        if self.signal_groups is not None:
+            groups = self.signal_groups
+            if isinstance(groups, bool) or not isinstance(groups, int) or groups < 2:
+                raise ValueError(f"signal_groups must be an int >= 2 (or None), got {groups!r}")
+            if self.step_rule not in SCALED_RULES:
+                raise ValueError(
+                    f"signal_groups scales an energy budget; step_rule={self.step_rule!r} has none: drop "
+                    f"signal_groups or choose a step_rule of {SCALED_RULES}"
+                )
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be positive (or None), got {self.kl_target!r}")
         # The optimizer validates rho, damping, betas and the step rule; fail here, at configuration time.

@@ -25,12 +25,23 @@ about ``F/B`` for minibatches of ``B``). Four rules whose scale does not come fr
 - a controller on each update's measured KL (:class:`KLController`): the scale is multiplied or
   divided by a factor when the measured KL of the last update leaves a band around its target, as
   PPO's adaptive KL penalty adapts its coefficient (Schulman et al. 2017, §4).
+
+Any energy-sized budget can further be scaled, update by update, by the signal fraction of the update's
+gradient (:func:`signal_fraction`; ours): a step along a noisy estimate ``ĝ = s + n`` gains most at
+``sqrt(φ)`` times the length of the noise-free step, ``φ = |s|² / E|ĝ|²``, so at the energy ``φ δ``. This is
+McCandlish et al. 2018 ("An Empirical Model of Large-Batch Training", §2): the expected gain of ``−εĝ`` is best at
+``ε = ε_max / (1 + B_noise/B)``, which is ``ε_max · φ`` where the curvature is isotropic in the step's metric
+(``B_noise = B_simple``), and ``ĝ``'s length is ``|s| / sqrt(φ)``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
 
 STEP_RULES = ("lr", "energy", "graft", "trust-region")
 SCALED_RULES = ("energy", "trust-region")  # the rules whose step is sized by its kinetic energy
@@ -78,6 +89,24 @@ def check_budget_split(split: str, name: str = "budget_split") -> None:
     """Raise, naming the setting ``name`` and the choices, for an unknown :func:`step_budget` split."""
     if split not in BUDGET_SPLITS:
         raise ValueError(f"unknown {name} {split!r}: {name} must be one of {BUDGET_SPLITS} or None")
+
+
+def signal_fraction(gradients: Sequence[Tensor]) -> float:
+    """``φ``, the estimated share of ``|s|²`` in ``E|ḡ|²`` for the mean ``ḡ = (1/G) Σ_j g_j`` of ``G`` gradients.
+
+    For ``g_j = s + n_j`` with independent zero-mean noise, ``E|ḡ|² = |s|² + ν/G`` and ``E (1/G) Σ_j |g_j|² =
+    |s|² + ν``; eliminating ``ν`` with the observed sums gives ``φ = G/(G − 1) · (1 − Σ_j |g_j|² / |Σ_j g_j|²)``,
+    clipped to ``[0, 1]``: 1 where every ``g_j`` is the same, about 0 for pure noise (0 where ``Σ_j g_j = 0``).
+    ``|Σ_j g_j|² / Σ_j |g_j|²`` is the groups' coherence (1 for independent noise, ``G`` for one direction).
+    """
+    if len(gradients) < 2:
+        raise ValueError(f"a signal fraction needs at least 2 gradients, got {len(gradients)}")
+    total = torch.stack(list(gradients)).sum(dim=0).square().sum().item()
+    squares = sum(g.square().sum().item() for g in gradients)
+    if not total > 0.0:
+        return 0.0
+    groups = len(gradients)
+    return min(max(groups / (groups - 1) * (1.0 - squares / total), 0.0), 1.0)
 
 
 class KLController:

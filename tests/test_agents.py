@@ -322,6 +322,49 @@ def test_critic_budget_split_splits_the_critics_budget_apart_from_the_actors():
         PreconditionerConfig(step_rule="lr", critic_budget_split="coherent")
 
 
+def test_signal_groups_scale_each_heads_update_budget_by_its_gradients_signal_fraction():
+    """signal_groups=G: before the update's first step, each head's budget is φ times its split budget, φ from the
+    gradients of PPO's clipped loss (written out here as SB3 writes it) on G disjoint random groups of the rollout."""
+    config = PreconditionerConfig(budget_split="epochs", signal_groups=4)
+    model = LagrangianPPO(
+        "MlpPolicy", cartpole(2), n_steps=32, batch_size=16, n_epochs=3, seed=2, preconditioner=config
+    )
+    model.learn(64)  # one rollout and its update; the next train() is on the same (flattened) rollout
+    heads = [group["params"] for group in model.policy.optimizer.param_groups]
+    np.random.seed(7)
+    indices = np.random.permutation(64)
+    gradients = [[], []]
+    clip = model.clip_range(model._current_progress_remaining)
+    for group in indices.reshape(4, 16):
+        data = model.rollout_buffer._get_samples(group)
+        values, log_prob, entropy = model.policy.evaluate_actions(data.observations, data.actions.long().flatten())
+        advantages = (data.advantages - data.advantages.mean()) / (data.advantages.std() + 1e-8)
+        ratio = torch.exp(log_prob - data.old_log_prob)
+        policy_loss = -torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
+        value_loss = ((data.returns - values.flatten()) ** 2).mean()
+        loss = policy_loss - model.ent_coef * entropy.mean() + model.vf_coef * value_loss
+        grads = torch.autograd.grad(loss, [p for head in heads for p in head])
+        gradients[0].append(torch.cat([g.reshape(-1) for g in grads[: len(heads[0])]]))
+        gradients[1].append(torch.cat([g.reshape(-1) for g in grads[len(heads[0]) :]]))
+    fractions = []
+    for head in gradients:  # φ = G/(G − 1) · (1 − Σ|g_j|² / |Σ g_j|²)
+        total, squares = torch.stack(head).sum(0).square().sum().item(), sum(g.square().sum().item() for g in head)
+        fractions.append(min(max(4 / 3 * (1 - squares / total), 0.0), 1.0))
+    np.random.seed(7)
+    model.train()
+    logged = model.logger.name_to_value
+    assert [logged["train/signal_fraction"], logged["train/critic_signal_fraction"]] == pytest.approx(fractions)
+    actor, critic = model.policy.optimizer.param_groups
+    steps = 4 * 3**2  # the epoch split: M = 4 minibatches, N = 3 epochs
+    assert actor["energy_budget"] == pytest.approx(fractions[0] * 3e-2 / steps)
+    assert critic["energy_budget"] == pytest.approx(fractions[1] * 0.5 / steps)
+    assert 0.0 < fractions[0] < fractions[1] < 1.0  # seed 2: neither clipped
+    with pytest.raises(ValueError, match="signal_groups must be an int >= 2"):
+        PreconditionerConfig(signal_groups=1)
+    with pytest.raises(ValueError, match="step_rule='lr' has none: drop signal_groups"):
+        PreconditionerConfig(step_rule="lr", signal_groups=8)
+
+
 def test_the_epoch_split_trust_region_with_full_batch_epochs_is_the_energy_rule():
     """With M = 1 the split is δ/N² and N steps of that energy have a displacement of energy ≤ δ (triangle
     inequality in the fixed metric of the update), so the ball never binds: the parameters follow fisher-sqrt's."""

@@ -9,7 +9,7 @@ from torch import nn
 from helpers import random_spd
 from lagrl.fisher import DiagonalFisher, KroneckerFisher
 from lagrl.optim import LagrangianOptimizer
-from lagrl.step_size import KLController, energy_step_size, step_budget
+from lagrl.step_size import KLController, energy_step_size, signal_fraction, step_budget
 
 
 def dense_power(matrix: torch.Tensor, exponent: float) -> torch.Tensor:
@@ -285,3 +285,19 @@ def test_trust_region_lets_incoherent_steps_walk_inside_the_ball_and_start_updat
     assert optimizer.param_groups[0]["update_energy"] == pytest.approx(step_budget, rel=1e-9)
     with pytest.raises(ValueError, match="trust_budget"):
         LagrangianOptimizer([param], step_rule="trust-region", trust_budget=0.0)
+
+
+def test_signal_fraction_is_the_signals_share_of_the_mean_gradient():
+    """g_j = s + σ e_j with orthonormal e_j ⟂ s: |ḡ|² = |s|² + σ²/G exactly, so φ = |s|² / (|s|² + σ²/G) in closed
+    form; equal gradients give 1, gradients summing to 0 (or anti-aligned) give 0."""
+    groups, dimension = 8, 12
+    basis = torch.linalg.qr(torch.randn(dimension, dimension, dtype=torch.float64))[0].T
+    signal, noise = 0.3 * basis[0], basis[1 : groups + 1]
+    for sigma in (0.0, 0.5, 2.0, 40.0):
+        expected = signal.square().sum().item() / (signal.square().sum().item() + sigma**2 / groups)
+        assert signal_fraction([signal + sigma * e for e in noise]) == pytest.approx(expected, rel=1e-12)
+    assert signal_fraction([signal] * 3) == pytest.approx(1.0)
+    assert signal_fraction([signal, -signal]) == 0.0
+    assert signal_fraction([signal, -0.5 * signal]) == 0.0  # coherence below that of noise: clipped at 0
+    with pytest.raises(ValueError, match="at least 2 gradients"):
+        signal_fraction([signal])
