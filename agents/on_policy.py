@@ -133,8 +133,9 @@ class _LagrangianOnPolicy(TrajectoryMixin):
             self.logger.record(name, fraction)
 
     def _signal_fractions(self, groups: int, heads: list[list[Tensor]]) -> list[float]:
-        """Each head's :func:`~lagrl.step_size.signal_fraction` over the loss gradients of ``groups`` disjoint random
-        groups of the rollout (fewer where the rollout is smaller), at the parameters the update starts from."""
+        """Each head's :func:`~lagrl.step_size.signal_fraction` over the loss gradients of disjoint random groups of
+        ``⌈N/groups⌉`` of the rollout's ``N`` samples (fewer groups where that does not divide ``N``), at the parameters
+        the update starts from."""
         size = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
         self.policy.set_training_mode(True)
         params = [p for head in heads for p in head]

@@ -255,6 +255,33 @@ def test_the_packaged_acrobot_seeds_sweep_extends_the_acrobot_trials_to_ten_seed
     assert (sweep.threshold, sweep.eval_episodes) == (acrobot.threshold, acrobot.eval_episodes)
 
 
+@pytest.mark.parametrize(
+    "name, slices",
+    [
+        ("signal_budget", ["agents_cartpole", "agents_acrobot", "agents_pendulum"]),
+        ("signal_budget_acrobot", ["acrobot_seeds"]),
+        ("signal_budget_lunarlander", ["agents_ppo"]),
+    ],
+)
+def test_the_packaged_signal_budget_sweeps_are_fisher_sqrts_trials_with_the_signal_scaled_budget(name, slices):
+    """fisher-sqrt with signal_groups=16 on exactly the env, seed and budget of fisher-sqrt's trials in its
+    references' sweeps (LunarLander: agents_ppo's), with their thresholds."""
+    from dataclasses import replace
+
+    from lagrl.agents.preconditioners import resolve
+    from lagrl.agents.sweep_config import load_sweep
+
+    sweep = load_sweep(name)
+    envs = set(sweep.env)
+    references = [t for slice_name in slices for t in load_sweep(slice_name).trials() if t.env in envs]
+    fisher_sqrt = [(t.env, t.seed, t.timesteps, t.hyperparams) for t in references if t.preconditioner == "fisher-sqrt"]
+    assert {resolve(t.preconditioner) for t in sweep.trials()} == {replace(resolve("fisher-sqrt"), signal_groups=16)}
+    assert [(t.env, t.seed, t.timesteps, t.hyperparams) for t in sweep.trials()] == fisher_sqrt
+    assert any(t.preconditioner == "adam" for t in references)  # SB3's PPO beside it, on the same trials
+    thresholds = {env: v for slice_name in slices for env, v in load_sweep(slice_name).threshold.items() if env in envs}
+    assert (sweep.threshold, sweep.eval_episodes) == (thresholds, 20)
+
+
 def test_a_packaged_name_is_read_from_the_package_beside_a_directory_of_that_name(tmp_path, monkeypatch):
     from lagrl.agents.sweep_config import load_sweep
 
