@@ -138,3 +138,19 @@ def test_a_variant_runs_as_the_agent_its_config_describes(bench):
     assert actor["trust_budget"] == pytest.approx(3e-2) and actor["energy_budget"] == pytest.approx(3e-2 / steps)
     result = bench.run(job)
     assert result.error is None and result.timesteps == 256 and result.fps > 0
+
+
+def test_runs_start_seed_by_seed_with_the_algorithms_alternating_in_direction(bench):
+    jobs = [
+        bench.Job(env, algorithm, seed, 1000, {})
+        for env in ("CartPole-v1", "Acrobot-v1")
+        for algorithm in ("sb3:ppo", "ppo:fisher-sqrt", "ppo:natural")
+        for seed in range(3)
+    ]  # the planning order: env, algorithm, seed
+    order = [(job.env[0], job.algorithm.partition(":")[2][0], job.seed) for job in bench.run_order(jobs)]
+    assert order == [
+        ("C", "p", 0), ("C", "f", 0), ("C", "n", 0), ("C", "n", 1), ("C", "f", 1), ("C", "p", 1),
+        ("C", "p", 2), ("C", "f", 2), ("C", "n", 2),
+        ("A", "p", 0), ("A", "f", 0), ("A", "n", 0), ("A", "n", 1), ("A", "f", 1), ("A", "p", 1),
+        ("A", "p", 2), ("A", "f", 2), ("A", "n", 2),
+    ]  # fmt: skip

@@ -24,8 +24,9 @@ name, seed and budget (``--resume`` reuses by these), so give a changed variant 
 
 ``--lagrl-hyperparams KEY=VALUE ...`` overrides the zoo settings of the lagrl presets only (the anchors keep
 the zoo's); ``ppo:KEY=VALUE`` or ``a2c:KEY=VALUE`` overrides one family only. Runs go to ``--jobs`` worker
-processes (default 2: this machine has 2 cores; each run uses one torch thread). Needs the ``bench`` extra
-(``pip install -c constraints.txt -e ".[bench]"``: sb3-contrib, Box2D).
+processes (default 2: this machine has 2 cores; each run uses one torch thread), seed by seed with the algorithms
+interleaved (:func:`run_order`), so that the fps of a host whose speed drifts are compared fairly. Needs the
+``bench`` extra (``pip install -c constraints.txt -e ".[bench]"``: sb3-contrib, Box2D).
 
     python experiments/benchmarks/agents_bench.py [--seeds 5] [--jobs 2] \\
         [--envs CartPole-v1 Acrobot-v1 LunarLander-v3 Pendulum-v1] [--presets adam fisher-sqrt natural] \\
@@ -392,6 +393,20 @@ def plan_jobs(args: argparse.Namespace, algorithms: list[str], variants: Variant
     return jobs
 
 
+def run_order(jobs: list[Job]) -> list[Job]:
+    """The order the runs are started in: env by env, seed by seed, a seed's algorithms forwards on even seeds and
+    backwards on odd ones, so that a host whose speed drifts within the benchmark (a shared one's does, by 1.6× within
+    minutes here) slows no algorithm's fps more than another's."""
+    envs = list(dict.fromkeys(job.env for job in jobs))
+    algorithms = list(dict.fromkeys(job.algorithm for job in jobs))
+
+    def position(job: Job) -> tuple[int, int, int]:
+        index = algorithms.index(job.algorithm)
+        return envs.index(job.env), job.seed, index if job.seed % 2 == 0 else -index
+
+    return sorted(jobs, key=position)
+
+
 def _key(item: Job | Run) -> tuple[str, str, int, int]:
     return item.env, item.algorithm, item.seed, item.budget
 
@@ -558,7 +573,7 @@ def main() -> None:
     if args.resume and not args.json:
         raise SystemExit("agents_bench: --resume reads the runs of --json FILE; give --json")
     done = finished_runs(args.json, jobs) if args.resume else []
-    todo = [job for job in jobs if _key(job) not in {_key(run) for run in done}]
+    todo = run_order([job for job in jobs if _key(job) not in {_key(run) for run in done}])
     print(f"torch {torch.__version__}, {len(todo)} runs on {args.jobs} processes, one thread each", end="")
     print(f" ({len(done)} reused from {args.json})" if args.resume else "")
     if args.lagrl_hyperparams:
